@@ -1,0 +1,2 @@
+"""Built-in protocol plugins (installed as ``sslbench.protocols``): one file per protocol, each registering itself
+with ``@register_protocol``."""

@@ -1,0 +1,164 @@
+"""Device, precision, randomness and process-group handling, in one place.
+
+Every training loop in the harness (pretext training in :mod:`sslbench.trainer`, the protocols' probes and
+fine-tuning) goes through a :class:`Runtime`: it picks the device, wraps forward passes in autocast for mixed
+precision, scales and checks losses (a NaN or infinite loss raises :class:`NonFiniteLossError` before it touches the
+weights), wraps modules in DistributedDataParallel under ``torchrun`` and builds seeded data loaders with a
+distributed sampler. Code written against it runs unchanged on one CPU, one GPU or many.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from sslbench.errors import NonFiniteLossError, UsageError
+
+__all__ = ["Runtime", "resolve_device", "seed_everything", "move_batch"]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; an unavailable CUDA request is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor in a batch dict to ``device`` (non-blocking from pinned memory)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class Runtime:
+    """Where and how tensors are computed.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. Under ``torchrun`` the local rank picks the GPU.
+        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast with a gradient scaler).
+        workers: data-loader worker processes.
+    """
+
+    def __init__(self, device: str = "auto", precision: str = "fp32", workers: int = 0) -> None:
+        if precision not in PRECISIONS:
+            raise UsageError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = resolve_device(device)
+        if self.device.type == "cuda" and self.world_size > 1:
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+        self.precision = precision
+        self.workers = workers
+        if self.distributed and not torch.distributed.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            torch.distributed.init_process_group(backend=backend)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def describe(self) -> dict[str, Any]:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"device": str(self.device), "device_name": name, "precision": self.precision,
+                "world_size": self.world_size}
+
+    # -- forward / backward ------------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Mixed-precision context for forward passes (a no-op in fp32)."""
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def backward(self, loss: torch.Tensor, name: str = "loss") -> None:
+        """Backpropagate ``loss`` after checking it is finite (scaled in fp16)."""
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(f"{name} is {loss.detach().float().item()} (not finite)")
+        self.scaler.scale(loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Apply one optimizer's gradients and clear them."""
+        self.scaler.step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+
+    def end_step(self) -> None:
+        """Close a training iteration (updates the fp16 loss scale once, however many optimizers stepped)."""
+        self.scaler.update()
+
+    # -- modules and data ----------------------------------------------------------------------------------------
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """Move ``module`` to the device; under ``torchrun`` wrap it in DistributedDataParallel."""
+        module = module.to(self.device)
+        if not self.distributed or not any(p.requires_grad for p in module.parameters()):
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+
+    def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
+               drop_last: bool = False) -> DataLoader:
+        """A seeded loader: the order depends only on (seed, epoch), and each process gets its shard."""
+        sampler = None
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        if self.distributed:
+            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
+            sampler.set_epoch(epoch)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+            generator=generator,
+            worker_init_fn=_seed_worker if self.workers else None,
+            persistent_workers=False,
+        )
+
+    def batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
+        """Iterate a loader with every batch moved to the device."""
+        for batch in loader:
+            yield move_batch(batch, self.device)
+
+    def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        """Mean over processes (identity on one process)."""
+        if not self.distributed:
+            return value
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        return value / self.world_size
+
+    def barrier(self) -> None:
+        if self.distributed:
+            torch.distributed.barrier()
