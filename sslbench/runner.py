@@ -146,6 +146,7 @@ def run(req: RunRequest, progress: Any = None, on_record: Callable[[dict[str, An
     dataset_options = {"image_size": image_size, "subset": req.subset,
                        **req.options.get(req.dataset, {})}
     env = environment(runtime.describe())
+    write_record = _writer(runtime, write_record)
     data_desc = {"train": train_set.describe(), "test": test_set.describe()}
     outcome = RunOutcome()
 
@@ -233,6 +234,11 @@ def run(req: RunRequest, progress: Any = None, on_record: Callable[[dict[str, An
                                  timings={"eval_s": time.perf_counter() - start})
                 _finish(outcome, on_record, write_record, path, record)
     return outcome
+
+
+def _writer(runtime: Any, write: Callable[..., None]) -> Callable[..., None]:
+    """Only the main process writes records."""
+    return write if runtime.is_main else (lambda path, record: None)
 
 
 def _finish(outcome: RunOutcome, on_record: Callable[[dict[str, Any]], None] | None, write: Callable[..., None],

@@ -127,10 +127,14 @@ class Runtime:
 
     def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
                drop_last: bool = False) -> DataLoader:
-        """A seeded loader: the order depends only on (seed, epoch), and each process gets its shard."""
+        """A seeded loader: the order depends only on (seed, epoch).
+
+        Under ``torchrun`` a shuffled (training) loader gives each process its shard; an unshuffled (evaluation)
+        loader gives every process the whole split, so metrics never depend on the number of processes.
+        """
         sampler = None
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        if self.distributed:
+        if self.distributed and shuffle:
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
             sampler.set_epoch(epoch)
         return DataLoader(
