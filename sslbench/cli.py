@@ -128,6 +128,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             origin = "" if entry.origin == "built-in" else f"  [{entry.origin}]"
             summary = f"  {entry.summary}" if entry.summary else ""
             print(f"  {entry.name:<16}{summary}{origin}")
+        for module, why in REGISTRIES[kind].unreadable.items():
+            print(f"  [could not read {module}: {why}]", file=sys.stderr)
     return 0
 
 

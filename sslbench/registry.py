@@ -100,6 +100,8 @@ class Registry(Generic[T]):
         self.base = base
         self._entries: dict[str, PluginEntry] = {}
         self._discovered = False
+        #: Built-in files that could not be read (e.g. a syntax error): reported, never fatal to the others.
+        self.unreadable: dict[str, str] = {}
 
     # -- registration -------------------------------------------------------------------------------------------
     def register(self, name: str | None = None) -> Callable[[T], T]:
@@ -141,7 +143,8 @@ class Registry(Generic[T]):
         if self._discovered:
             return
         self._discovered = True
-        for name, module, summary in _scan_builtin_package(self.package, self.decorator):
+        found, self.unreadable = _scan_builtin_package(self.package, self.decorator)
+        for name, module, summary in found:
             self._entries.setdefault(
                 name, PluginEntry(name=name, kind=self.kind, module=module, origin="built-in", summary=summary)
             )
@@ -177,7 +180,11 @@ class Registry(Generic[T]):
             prefix, _, variant = name.partition("/")
             entry = self._entries.get(f"{prefix}/*")
         if entry is None:
-            raise UnknownPluginError(self.kind, name, self.names())
+            error = UnknownPluginError(self.kind, name, self.names())
+            if self.unreadable:
+                broken = "; ".join(f"{module}: {why}" for module, why in self.unreadable.items())
+                error.args = (f"{error.args[0]}. Note: some {self.kind} files could not be read ({broken})",)
+            raise error
         return entry, variant
 
     def get(self, name: str) -> Any:
@@ -240,15 +247,21 @@ def _package_dirs(package: str) -> list[Path]:
     return [Path(p) for p in spec.submodule_search_locations]
 
 
-def _scan_builtin_package(package: str, decorator: str) -> list[tuple[str, str, str]]:
-    """``(name, module, summary)`` for every ``@decorator(...)`` in the package's modules, without importing them."""
+def _scan_builtin_package(package: str, decorator: str) -> tuple[list[tuple[str, str, str]], dict[str, str]]:
+    """``(name, module, summary)`` for every ``@decorator(...)`` in the package's modules, without importing them,
+    and the modules that could not be parsed (with why), so one broken file does not hide the others."""
     found: list[tuple[str, str, str]] = []
+    unreadable: dict[str, str] = {}
     for directory in _package_dirs(package):
         for path in sorted(directory.glob("*.py")):
             if path.name.startswith("_"):
                 continue
             module = f"{package}.{path.stem}"
-            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            try:
+                tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            except (SyntaxError, UnicodeDecodeError, OSError) as exc:
+                unreadable[module] = f"{type(exc).__name__}: {exc}"
+                continue
             for node in ast.walk(tree):
                 if not isinstance(node, (ast.ClassDef, ast.FunctionDef)):
                     continue
@@ -257,7 +270,7 @@ def _scan_builtin_package(package: str, decorator: str) -> list[tuple[str, str, 
                     if name is not None:
                         doc = ast.get_docstring(node) or ""
                         found.append((name, module, doc.strip().splitlines()[0] if doc.strip() else ""))
-    return found
+    return found, unreadable
 
 
 def _registered_name(deco: ast.expr, decorator: str, default: str) -> str | None:

@@ -58,6 +58,9 @@ def thing_registry(tmp_path, monkeypatch):
             class Broken:
                 pass
         """,
+        "syntax_error.py": """
+            def oops(:
+        """,
         "ghost.py": """
             from demo_things_registry import register_thing
 
@@ -84,6 +87,13 @@ def test_discovery_reads_source_without_importing(thing_registry):
     assert names == ["alpha", "beta2", "beta10", "broken", "fam/*", "ghost"]
     assert "demo_things.alpha" not in sys.modules
     assert thing_registry.entries("alpha")[0].summary == "First demo thing."
+
+
+def test_unreadable_file_does_not_hide_the_others(thing_registry):
+    assert thing_registry.create("beta2") == "beta2 built"
+    assert "demo_things.syntax_error" in thing_registry.unreadable
+    with pytest.raises(UnknownPluginError, match="could not be read.*demo_things.syntax_error.*SyntaxError"):
+        thing_registry.get("gamma")
 
 
 def test_wildcard_filter_and_natural_sort(thing_registry):
