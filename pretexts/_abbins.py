@@ -14,9 +14,7 @@ Three pieces, used identically by both pretexts so the two can never drift apart
   prior and class weights live in ``get_extra_state``, and the head is (re)built from them in ``set_extra_state``
   (which ``load_state_dict`` calls before it loads the head's parameters), so a data-dependent Q round-trips
   through a checkpoint into a freshly constructed pretext.
-* :class:`RebuildAwarePretext`: a pretext whose parameters may appear after :meth:`Pretext.setup` (the head is
-  built in ``prepare`` for ``bins="data"``, or while a resumed checkpoint is loaded): it redoes the setup (device,
-  optimisers, DDP wrapper) whenever that happens, so the optimisers always see every parameter.
+* :func:`prepare_bins`: the data pass both pretexts run in ``prepare`` (before the trainer's ``setup``).
 """
 
 from __future__ import annotations
@@ -26,7 +24,6 @@ from typing import Any, Iterable
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from sslbench.colour import (
     ABBins,
@@ -38,13 +35,11 @@ from sslbench.colour import (
     soft_encode,
 )
 from sslbench.colour.bins import ABHistogram, ab_bins_from_files, ab_bins_from_gamut
-from sslbench.colour import lab_to_rgb, rgb_to_lab
-from sslbench.pretext import Pretext
 from sslbench.pretexts._heads import DenseHead, point_sample
 from sslbench.runtime import Runtime
 
 __all__ = ["BIN_SOURCES", "initial_bins", "collect_histogram", "prior_on_bins", "ABClassifier",
-           "RebuildAwarePretext", "hard_l_targets", "l_bin_centers", "merge_in_gamut"]
+           "prepare_bins", "hard_l_targets", "l_bin_centers"]
 
 BIN_SOURCES = ("data", "gamut", "files")
 
@@ -218,42 +213,19 @@ class ABClassifier(nn.Module):
         return annealed_mean(logits.float(), self.bins, temperature=temperature)
 
 
-class RebuildAwarePretext(Pretext):
-    """A pretext whose parameters may be created after :meth:`setup`; it then redoes the setup.
+def prepare_bins(classifier: ABClassifier, source: str, batches: Iterable[dict[str, torch.Tensor]],
+                 runtime: Runtime, grid_size: int, has_file_prior: bool) -> None:
+    """Install the bins and their prior on ``classifier`` from one pass over ``batches`` (if data is needed).
 
-    The trainer calls ``setup`` (device, optimisers, DDP) before ``prepare`` and before loading a resumable
-    checkpoint; a head sized by data-dependent bins appears during either. Redoing the setup right then (before any
-    step, before the optimiser states are loaded) keeps the optimisers and the wrapper complete.
-    """
-
-    def setup(self, runtime: Runtime) -> None:
-        self.__dict__["_runtime"] = runtime
-        super().setup(runtime)
-
-    def _refresh_setup(self) -> None:
-        runtime = self.__dict__.get("_runtime")
-        if runtime is not None:
-            super().setup(runtime)
-
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        before = [id(p) for p in self.parameters()]
-        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
-        if [id(p) for p in self.parameters()] != before:
-            self._refresh_setup()
-        return result
-
-    def prepare_bins(self, classifier: ABClassifier, source: str, batches: Iterable[dict[str, torch.Tensor]],
-                     runtime: Runtime, grid_size: int, has_file_prior: bool) -> None:
-        """Install the bins and their prior on ``classifier`` from one pass over ``batches`` (if data is needed)."""
-        if source == "files" and has_file_prior:
-            return
-        hist = collect_histogram(batches, grid_size, runtime)
-        if source == "data":
-            rebuilt = classifier.install(hist.to_bins())
-        else:
-            rebuilt = classifier.install(classifier.bins, prior_on_bins(hist, classifier.bins))
-        if rebuilt:
-            self._refresh_setup()
+    Called from ``Pretext.prepare``, which the trainer runs before ``setup`` creates the optimisers, so a head
+    sized by the data's bins is complete before anything optimises it."""
+    if source == "files" and has_file_prior:
+        return
+    hist = collect_histogram(batches, grid_size, runtime)
+    if source == "data":
+        classifier.install(hist.to_bins())
+    else:
+        classifier.install(classifier.bins, prior_on_bins(hist, classifier.bins))
 
 
 def hard_l_targets(lightness: torch.Tensor, l_bins: int) -> torch.Tensor:
@@ -266,21 +238,3 @@ def l_bin_centers(l_bins: int, device: torch.device | None = None) -> torch.Tens
     return (torch.arange(l_bins, device=device, dtype=torch.float32) + 0.5) * (100.0 / l_bins)
 
 
-def merge_in_gamut(lightness: torch.Tensor, ab: torch.Tensor, tolerance: float = 0.5,
-                   rounds: int = 8) -> torch.Tensor:
-    """RGB in [0, 1] from full-resolution L (N, 1, H, W) and ab (upsampled bilinearly if smaller), keeping L.
-
-    A predicted ab may lie outside the sRGB gamut at that L (dark or light pixels); clipping RGB then shifts L (by
-    more than 1 unit near black). Pixels whose L moves by more than ``tolerance`` get their chroma halved, at
-    constant L and hue, up to ``rounds`` times (ab = 0, gray, always round-trips), so the output keeps the input's L.
-    """
-    if ab.shape[-2:] != lightness.shape[-2:]:
-        ab = F.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False)
-    ab = ab.to(lightness.dtype).clone()
-    for round_ in range(rounds + 1):
-        rgb = lab_to_rgb(torch.cat([lightness, ab], dim=1))
-        moved = (rgb_to_lab(rgb)[:, :1] - lightness).abs() > tolerance
-        if not bool(moved.any()):
-            break
-        ab = torch.where(moved, ab * (0.5 if round_ < rounds - 1 else 0.0), ab)
-    return rgb

@@ -66,7 +66,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sslbench.colour import lab_to_rgb, normalize_l, rgb_to_lab
+from sslbench.colour import normalize_l, rgb_to_lab
 from sslbench.colour.histograms import HueChromaTargets, hue_chroma_decode, hue_chroma_kl, hue_chroma_targets
 from sslbench.encoders.base import Tap
 from sslbench.pretext import DataInfo, EncoderSpec, Pretext, images_to_rgb, merge_l_ab
@@ -151,29 +151,6 @@ def chroma_loss_weight(lightness: torch.Tensor) -> torch.Tensor:
     input in [0, 1]): near black and white every colour is nearly grey, so the chroma target carries little."""
     v = lightness / 100.0
     return torch.minimum(torch.minimum(3.0 * v, torch.ones_like(v)), 3.0 * (1.0 - v)).clamp_min(0.0)
-
-
-def fit_to_gamut(lightness: torch.Tensor, ab: torch.Tensor, iterations: int = 12, tol: float = 0.5) -> torch.Tensor:
-    """Shrink ``ab`` (N, 2, H, W) towards grey at constant L and hue until (L, ab) is an sRGB colour.
-
-    The decoded chroma is a median over [0, CHROMA_MAX] and knows nothing of the gamut, which is narrow near black
-    and white; clipping RGB there would change L (by several units on near-white sky). Bisection on a per-pixel
-    factor in [0, 1]: a colour counts as in gamut when it survives the Lab -> RGB -> Lab round trip within ``tol``.
-    """
-    def fits(scale: torch.Tensor) -> torch.Tensor:
-        lab = torch.cat([lightness, ab * scale], dim=1)
-        return (rgb_to_lab(lab_to_rgb(lab)) - lab).abs().amax(dim=1, keepdim=True) <= tol
-
-    low = torch.zeros_like(lightness)
-    high = torch.ones_like(lightness)
-    done = fits(high)
-    low = torch.where(done, high, low)
-    for _ in range(iterations):
-        mid = (low + high) / 2
-        ok = fits(mid)
-        low = torch.where(ok, mid, low)
-        high = torch.where(ok | done, high, mid)
-    return ab * low
 
 
 @register_pretext("hypercolumn")
@@ -290,5 +267,4 @@ class Hypercolumn(Pretext):
     def colorize(self, rgb: torch.Tensor) -> torch.Tensor:
         lightness = rgb_to_lab(rgb.float())[:, :1]
         hue_logits, chroma_logits = self.dense_logits(lightness)
-        ab = fit_to_gamut(lightness, hue_chroma_decode(hue_logits.float(), chroma_logits.float()))
-        return merge_l_ab(lightness, ab)
+        return merge_l_ab(lightness, hue_chroma_decode(hue_logits.float(), chroma_logits.float()))

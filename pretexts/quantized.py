@@ -45,8 +45,8 @@ from typing import Iterable
 import torch
 
 from sslbench.colour import normalize_l, rgb_to_lab
-from sslbench.pretext import DataInfo, EncoderSpec, images_to_rgb
-from sslbench.pretexts._abbins import ABClassifier, RebuildAwarePretext, initial_bins, merge_in_gamut
+from sslbench.pretext import DataInfo, EncoderSpec, Pretext, images_to_rgb, merge_l_ab
+from sslbench.pretexts._abbins import ABClassifier, initial_bins, prepare_bins
 from sslbench.registry import register_pretext
 from sslbench.runtime import Runtime
 
@@ -71,7 +71,7 @@ class QuantizedConfig:
 
 
 @register_pretext("quantized")
-class Quantized(RebuildAwarePretext):
+class Quantized(Pretext):
     """Predict a distribution over quantised ab from L with soft-encoded, rebalanced cross-entropy (Zhang 2016)."""
 
     Config = QuantizedConfig
@@ -91,7 +91,7 @@ class Quantized(RebuildAwarePretext):
 
     def prepare(self, batches: Iterable[dict[str, torch.Tensor]], runtime: Runtime) -> None:
         """Bins and prior from one streaming pass over the training data (skipped for files with a prior)."""
-        self.prepare_bins(self.classifier, self.config.bins, batches, runtime, self.config.grid_size,
+        prepare_bins(self.classifier, self.config.bins, batches, runtime, self.config.grid_size,
                           has_file_prior=bool(self.config.prior_probs))
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -110,4 +110,4 @@ class Quantized(RebuildAwarePretext):
     def colorize(self, rgb: torch.Tensor) -> torch.Tensor:
         lightness = rgb_to_lab(rgb.float())[:, :1]
         ab = self.classifier.decode(self.logits(lightness), self.config.temperature)
-        return merge_in_gamut(lightness, ab)
+        return merge_l_ab(lightness, ab)

@@ -33,7 +33,7 @@ Where sslbench departs, and why:
   :class:`~sslbench.pretexts._heads.DenseHead` predicting at 1/4 of the input (as Zhang 2016's network), targets are
   point-sampled to that size. Adam (β = (0.9, 0.99), weight decay 1e-3) at lr 1e-3 for short budgets.
 
-``colorize`` uses the L → ab half with the annealed mean (T = 0.38) and the same in-gamut merge as ``quantized``.
+``colorize`` uses the L → ab half with the annealed mean (T = 0.38) and the in-gamut merge every colorizer uses (``merge_l_ab``).
 Logged terms: ``loss`` (the sum), ``loss_ab`` (L → ab), ``loss_l`` (ab → L), ``gray_fraction``.
 """
 
@@ -48,9 +48,8 @@ from torch.nn import functional as F
 
 from sslbench.colour import AB_SCALE, normalize_l, rgb_to_lab
 from sslbench.encoders.base import Encoder, Tap
-from sslbench.pretext import DataInfo, EncoderSpec, Representation, images_to_rgb
-from sslbench.pretexts._abbins import (ABClassifier, RebuildAwarePretext, hard_l_targets, initial_bins,
-                                       merge_in_gamut)
+from sslbench.pretext import DataInfo, EncoderSpec, Pretext, Representation, images_to_rgb, merge_l_ab
+from sslbench.pretexts._abbins import ABClassifier, hard_l_targets, initial_bins, prepare_bins
 from sslbench.pretexts._heads import DenseHead, point_sample
 from sslbench.registry import register_pretext
 from sslbench.runtime import Runtime
@@ -114,7 +113,7 @@ def build_half(spec: EncoderSpec, in_chans: int) -> tuple[Encoder, bool]:
 
 
 @register_pretext("splitbrain")
-class SplitBrain(RebuildAwarePretext):
+class SplitBrain(Pretext):
     """Two half-width sub-networks: L -> ab and ab -> L by classification; features concatenated (Zhang 2017)."""
 
     Config = SplitBrainConfig
@@ -140,7 +139,7 @@ class SplitBrain(RebuildAwarePretext):
 
     def prepare(self, batches: Iterable[dict[str, torch.Tensor]], runtime: Runtime) -> None:
         """ab bins and prior from one streaming pass over the training data (skipped for files with a prior)."""
-        self.prepare_bins(self.ab_classifier, self.config.bins, batches, runtime, self.config.grid_size,
+        prepare_bins(self.ab_classifier, self.config.bins, batches, runtime, self.config.grid_size,
                           has_file_prior=bool(self.config.prior_probs))
 
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -171,4 +170,4 @@ class SplitBrain(RebuildAwarePretext):
     def colorize(self, rgb: torch.Tensor) -> torch.Tensor:
         lightness = rgb_to_lab(rgb.float())[:, :1]
         ab = self.ab_classifier.decode(self.ab_logits(lightness), self.config.temperature)
-        return merge_in_gamut(lightness, ab)
+        return merge_l_ab(lightness, ab)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sslbench.colour import lab_to_rgb, normalize_l, rgb_to_lab
+from sslbench.colour.gamut import fit_to_gamut
 from sslbench.config import EmptyConfig
 from sslbench.encoders.base import Encoder, Tap
 from sslbench.runtime import Runtime
@@ -150,12 +151,18 @@ class Pretext(nn.Module):
 
     def segmentation_model(self, num_classes: int) -> nn.Module | None:
         """A whole network to fine-tune for segmentation (RGB -> (N, C, H, W) logits), or None to let the protocol
-        put its own decoder on :meth:`representation` (the cGAN returns its generator, as Treneska et al. did)."""
+        put its own decoder on :meth:`representation` (the cGAN returns its generator, as Treneska et al. did).
+
+        The network may expose ``head``, its freshly initialised part, which protocols train alone first."""
         return None
 
 
 def merge_l_ab(lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """RGB in [0, 1] from L (N, 1, H, W) in [0, 100] and ab (N, 2, h, w), upsampling ab bilinearly if smaller."""
+    """RGB in [0, 1] from L (N, 1, H, W) in [0, 100] and ab (N, 2, h, w), upsampling ab bilinearly if smaller.
+
+    Out-of-gamut ab is shrunk towards grey at constant L and hue first, so the output keeps the input's L (within
+    0.5) instead of having it moved by RGB clipping: every colorizer's ``colorize`` goes through here."""
     if ab.shape[-2:] != lightness.shape[-2:]:
         ab = nn.functional.interpolate(ab, size=lightness.shape[-2:], mode="bilinear", align_corners=False)
-    return lab_to_rgb(torch.cat([lightness, ab.to(lightness.dtype)], dim=1))
+    ab = fit_to_gamut(lightness, ab.to(lightness.dtype))
+    return lab_to_rgb(torch.cat([lightness, ab], dim=1))

@@ -178,7 +178,11 @@ def run(req: RunRequest, progress: Any = None, on_record: Callable[[dict[str, An
                 continue
 
             seed_everything(seed)
-            pretext = pcls(pretext_configs[pname], encoder_spec, data_info)
+            try:
+                pretext = pcls(pretext_configs[pname], encoder_spec, data_info)
+            except (ValueError, TypeError) as exc:
+                raise UsageError(f"cannot build pretext {pname!r} on encoder {req.encoder!r} with these options: "
+                                 f"{exc}") from exc
             label = f"{pname} seed {seed}"
             train_info: dict[str, Any] = {"trained": False}
             store = CheckpointStore(req.cache_dir, pname, pretext_hash)

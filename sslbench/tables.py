@@ -78,16 +78,19 @@ def comparison_frame(records: list[dict[str, Any]], metrics: list[str] | None = 
     lookup = {(r.dataset, r.encoder, r.pretext, r.column): r.text for r in summary.itertuples()}
     statuses = {(r.dataset, r.encoder, r.pretext, r.protocol): r.status
                 for r in frame[frame["status"] != "ok"].itertuples()}
+    def status_text(key: tuple[str, str, str, str]) -> str:
+        status = statuses.get(key, "")
+        return "n/a" if status == "skipped" else status
+
     for column in columns:
         protocol = column.split(" ", 1)[0]
-        table[column] = [
-            lookup.get((d, e, p, column), "n/a" if statuses.get((d, e, p, protocol)) == "skipped"
-                       else statuses.get((d, e, p, protocol), ""))
-            for d, e, p in zip(table["dataset"], table["encoder"], table["pretext"])
-        ]
-    for (d, e, p, protocol), status in statuses.items():
+        table[column] = [lookup.get((d, e, p, column), status_text((d, e, p, protocol)))
+                         for d, e, p in zip(table["dataset"], table["encoder"], table["pretext"])]
+    for key in statuses:
+        d, e, p, protocol = key
         if not any(c.split(" ", 1)[0] == protocol for c in columns):
-            table.loc[(table["dataset"] == d) & (table["encoder"] == e) & (table["pretext"] == p), protocol] = status
+            rows_of = (table["dataset"] == d) & (table["encoder"] == e) & (table["pretext"] == p)
+            table.loc[rows_of, protocol] = status_text(key)
     return table.fillna(""), bool(frame["synthetic"].any())
 
 

@@ -62,24 +62,26 @@ def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: 
                   store: CheckpointStore, seed: int, progress: Progress, description: str = "train",
                   log_every: int = 10, checkpoint_every: int = 200) -> TrainSummary:
     """Train ``pretext`` on ``dataset`` within ``budget``, resuming from ``store``'s partial checkpoint if any."""
-    pretext.setup(runtime)
     drop_last = len(dataset) > budget.batch_size
     steps_per_epoch = len(runtime.loader(dataset, budget.batch_size, shuffle=True, seed=seed, drop_last=drop_last))
     total = budget.steps if budget.steps is not None else max(1, math.ceil(budget.epochs * steps_per_epoch))
     summary = TrainSummary()
     step = 0
-    if store.partial.is_file():
-        state = store.load(final=False, map_location=runtime.device)
+    # Weights (and data-dependent modules such as an ab-bin head) exist before setup creates the optimisers.
+    state = store.load(final=False, map_location="cpu") if store.partial.is_file() else None
+    if state is not None:
         pretext.load_state_dict(state["state_dict"])
+    else:
+        prep_loader = runtime.loader(dataset, budget.batch_size, shuffle=False, seed=seed)
+        pretext.prepare(runtime.batches(prep_loader), runtime)
+    pretext.setup(runtime)
+    if state is not None:
         for name, opt in pretext.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         torch.set_rng_state(state["rng"].cpu())
         step = int(state["step"])
         summary = TrainSummary(**state["summary"])
         summary.resumed_from_step = step
-    else:
-        prep_loader = runtime.loader(dataset, budget.batch_size, shuffle=False, seed=seed)
-        pretext.prepare(runtime.batches(prep_loader), runtime)
     last_saved = step if store.partial.is_file() else None
 
     pretext.train()

@@ -30,6 +30,8 @@ class Encoder(nn.Module):
 
     taps: tuple[Tap, ...] = ()
     in_chans: int = 1
+    #: The factory's resolved keyword arguments: ``create_encoder(name, **encoder.config)`` rebuilds it.
+    config: dict
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
