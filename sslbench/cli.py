@@ -134,10 +134,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _print_table(records: list[dict[str, Any]], console: Any) -> None:
+    """A rich table on a terminal; the Markdown table otherwise (pipes and logs keep every column)."""
     from rich.table import Table
 
-    from sslbench.tables import SYNTHETIC_NOTE, comparison_frame
+    from sslbench.tables import SYNTHETIC_NOTE, comparison_frame, make_table
 
+    if not console.is_terminal:
+        print(make_table(records, "md"))
+        return
     frame, synthetic = comparison_frame(records)
     table = Table(title="sslbench comparison", show_lines=False)
     for i, column in enumerate(frame.columns):

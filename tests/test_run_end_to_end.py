@@ -28,9 +28,12 @@ def _best(records: list[dict], pretext: str, seed: int) -> float:
 
 
 def test_regression_beats_random_on_synthetic_over_two_seeds(tmp_path):
-    """The first end-to-end slice: colorization by regression learns more than an untrained encoder."""
+    """The first end-to-end slice: colorization by regression learns more than an untrained encoder.
+
+    150 steps (10 epochs of 1000 images): measured 54.5 vs 40.3 (seed 0) and 54.8 vs 39.8 (seed 1) best-stage top-1;
+    at 60 steps regression had not yet overtaken the untrained encoder's strong random features."""
     req = RunRequest(pretexts=["random", "regression"], protocols=["linear"], seeds=[0, 1], device="cpu",
-                     out=tmp_path / "runs", cache_dir=tmp_path / "cache", budget=TrainBudget(epochs=4),
+                     out=tmp_path / "runs", cache_dir=tmp_path / "cache", budget=TrainBudget(epochs=10),
                      subset=1000, eval_subset=400, eval_epochs=20)
     outcome = run(req)
     records = _records(tmp_path / "runs")
@@ -59,7 +62,7 @@ def test_cifar10_real_images_end_to_end(tmp_path, shared_data, capsys):
     assert record["counts"] == {"train_images": 300, "eval_images": 200}
     assert 0.0 <= record["metrics"]["best"]["top1"] <= 100.0
     assert record["data"]["train"]["synthetic"] is False
-    assert record["train"]["steps"] == 10  # 2 epochs of 300 images at batch 64, last partial batch dropped
+    assert record["train"]["steps"] == 8  # 2 epochs of 300 images at batch 64: 4 full batches each
     assert "regression" in out and "linear best/top1" in out
 
 
@@ -89,7 +92,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     """SIGKILL during training, rerun: training resumes from the last checkpoint and ends where an uninterrupted
     run ends, bit for bit; nothing half-written is left behind."""
     common = ["run", "--pretext", "supervised", "--protocol", "linear", "--steps", "60", "--checkpoint-every", "3",
-              "--subset", "256", "--eval-subset", "64", "--eval-epochs", "1", "--device", "cpu", "--quiet"]
+              "--subset", "256", "--eval-subset", "64", "--eval-epochs", "1", "--device", "cpu", "--quiet",
+              "--set", "encoder.width_mult=0.25"]
     reference = _cli_process(common + ["--out", "ref/runs", "--cache-dir", "ref/cache"], tmp_path)
     assert reference.wait(timeout=600) == 0, reference.stderr.read()
 
