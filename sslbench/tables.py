@@ -19,6 +19,15 @@ from sslbench.registry import natural_key
 __all__ = ["records_frame", "summary_frame", "comparison_frame", "make_table", "FORMATS", "SYNTHETIC_NOTE"]
 
 FORMATS = ("md", "latex", "csv")
+#: Bookkeeping kept in records but left out of tables unless asked for with ``metrics``: feature sizes,
+#: training-loop statistics, judge provenance.
+HIDDEN_LEAVES = frozenset({"dims"})
+HIDDEN_ROOTS = frozenset({"train", "judge"})
+
+
+def _shown_by_default(metric: str) -> bool:
+    parts = metric.split("/")
+    return parts[-1] not in HIDDEN_LEAVES and parts[0] not in HIDDEN_ROOTS
 KEYS = ["dataset", "encoder", "pretext", "protocol"]
 
 
@@ -41,6 +50,8 @@ def summary_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     """Mean, std and count over seeds for every (dataset, encoder, pretext, protocol, metric)."""
     frame = records_frame(records)
     ok = frame[frame["status"] == "ok"]
+    if ok.empty:
+        return pd.DataFrame(columns=KEYS + ["metric", "mean", "std", "n"])
     grouped = ok.groupby(KEYS + ["metric"], sort=False)["value"]
     summary = grouped.agg(mean="mean", std="std", n="count").reset_index()
     summary["std"] = summary["std"].fillna(0.0)
@@ -63,9 +74,12 @@ def comparison_frame(records: list[dict[str, Any]], metrics: list[str] | None = 
     whether any record comes from synthetic data."""
     frame = records_frame(records)
     summary = summary_frame(records)
-    if metrics:
-        summary = summary[summary["metric"].apply(lambda m: any(m == x or m.endswith("/" + x) or
-                                                                m.startswith(x + "/") for x in metrics))]
+    def wanted(metric: str) -> bool:
+        if metrics:
+            return any(metric == x or metric.endswith("/" + x) or metric.startswith(x + "/") for x in metrics)
+        return _shown_by_default(metric)
+
+    summary = summary[summary["metric"].map(wanted).astype(bool)]
     summary = summary.assign(column=summary["protocol"] + " " + summary["metric"],
                              text=[_cell(m, s, n, digits) for m, s, n in
                                    zip(summary["mean"], summary["std"], summary["n"])])

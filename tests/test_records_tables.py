@@ -61,6 +61,18 @@ def test_markdown_latex_csv():
     assert any(line.startswith("synthetic,vgg_small,quantized,linear,best/top1,60.0") for line in csv)
 
 
+def test_bookkeeping_is_hidden_unless_asked_for():
+    records = [_record("random", "linear", 0, {"best/top1": 30.0, "layer/stage1/dims": 9248, "train/frozen_steps": 3})]
+    header = make_table(records, "md").splitlines()[0]
+    assert "best/top1" in header and "dims" not in header and "frozen_steps" not in header
+    assert "layer/stage1/dims" in make_table(records, "md", metrics=["dims"]).splitlines()[0]
+
+
+def test_table_of_failed_records_only():
+    md = make_table([_record("regression", "linear", 0, {}, status="failed")], "md").splitlines()
+    assert md[2].split(" | ")[2:] == ["regression", "failed |"]
+
+
 def test_metric_filter():
     records = [_record("random", "linear", 0, {"best/top1": 30.0, "layer/stage1/top1": 25.0})]
     header = make_table(records, "md", metrics=["best/top1"]).splitlines()[0]
