@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["Tap", "Encoder", "check_taps"]
+__all__ = ["Tap", "Encoder", "BlockEncoder", "check_taps"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,20 @@ class Encoder(nn.Module):
     def out_channels(self) -> int:
         """Channels of the deepest tap."""
         return self.taps[-1].channels
+
+
+class BlockEncoder(Encoder):
+    """An encoder made of consecutive blocks (``self.blocks``, an ``nn.ModuleList``) with one tap after each."""
+
+    blocks: nn.ModuleList
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of every block, shallow to deep."""
+        maps: list[torch.Tensor] = []
+        for block in self.blocks:
+            x = block(x)
+            maps.append(x)
+        return maps
 
 
 def check_taps(encoder: Encoder, image_size: int, batch: int = 2) -> list[torch.Tensor]:

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sslbench.encoders.base import Encoder, Tap
+from sslbench.encoders.base import BlockEncoder, Tap
 from sslbench.registry import register_encoder
 
 __all__ = ["UNetEncoder", "UNetGenerator", "unet", "default_num_downs", "pix2pix_init"]
@@ -96,7 +96,7 @@ def _check_num_downs(num_downs: int) -> None:
         raise ValueError(f"num_downs must be an int >= 2, got {num_downs!r}")
 
 
-class UNetEncoder(Encoder):
+class UNetEncoder(BlockEncoder):
     """The pix2pix U-Net down path; taps ``down1``..``downN`` at strides 2..2**N.
 
     Args:
@@ -135,13 +135,6 @@ class UNetEncoder(Encoder):
         self.config: dict[str, Any] = {}
         pix2pix_init(self)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The output of every down block, shallow to deep."""
-        maps: list[torch.Tensor] = []
-        for block in self.blocks:
-            x = block(x)
-            maps.append(x)
-        return maps
 
 
 class UNetGenerator(nn.Module):

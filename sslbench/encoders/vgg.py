@@ -32,10 +32,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
-from sslbench.encoders.base import Encoder, Tap
+from sslbench.encoders.base import BlockEncoder, Tap
 from sslbench.registry import register_encoder
 
 __all__ = ["VGGEncoder", "vgg16_bn", "vgg_small"]
@@ -58,7 +57,7 @@ def _check_common(in_chans: int, image_size: int, width_mult: float) -> None:
         raise ValueError(f"width_mult must be > 0, got {width_mult!r}")
 
 
-class VGGEncoder(Encoder):
+class VGGEncoder(BlockEncoder):
     """A plain VGG trunk: blocks of [conv3x3-BN-ReLU], optionally a 2x2 max-pool before a block, one tap per block.
 
     Args:
@@ -106,13 +105,6 @@ class VGGEncoder(Encoder):
         self.config: dict[str, Any] = {}
         _init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """The tapped maps, shallow to deep."""
-        maps: list[torch.Tensor] = []
-        for block in self.blocks:
-            x = block(x)
-            maps.append(x)
-        return maps
 
 
 def _conv_bn_relu(in_chans: int, out_chans: int, stride: int = 1) -> nn.Sequential:
