@@ -19,7 +19,7 @@ end)::
 
 or as a script, which prints the same table without pytest::
 
-    .venv/bin/python benchmarks/bench_colour.py [--repeats 5]
+    .venv/bin/python benchmarks/bench_colour.py [--repeats 5] [--threads N]
 
 Real images come from ``$SSLBENCH_DATA`` or ``../shared/data`` beside the repository.
 """
@@ -242,7 +242,10 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's default)")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     root = data_root()
     works = load_workloads(root)
     bins = ab_bins_from_gamut(10)
@@ -257,9 +260,16 @@ def main(argv: list[str] | None = None) -> int:
             "skimage": work.count / _time(functools.partial(lab_reference, work), slow),
             "sslbench": work.count / _time(functools.partial(lab_sslbench, work), args.repeats),
         }
+        reference = work.count / _time(functools.partial(sklearn_encoder, ab), slow)
         results[("soft-encoding", work.name)] = {
-            "sklearn": work.count / _time(functools.partial(sklearn_encoder, ab), slow),
+            "sklearn": reference,
             "sslbench": work.count / _time(functools.partial(softenc_sslbench, ab, bins), args.repeats),
+        }
+        buffers = tuple(torch.empty_like(t) for t in softenc_sslbench(ab, bins))
+        reuse = functools.partial(soft_encode, ab, bins, k=K, sigma=SIGMA, out=buffers)
+        results[("soft-encoding, reused out=", work.name)] = {
+            "sklearn": reference,
+            "sslbench": work.count / _time(reuse, args.repeats),
         }
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "

@@ -109,6 +109,16 @@ def test_exact_far_outside_and_at_equidistant_points(gamut_bins):
     check_exact(near, gamut_bins)
 
 
+def test_exact_on_cell_boundaries_and_bisectors(gamut_bins):
+    # A 0.25-spaced lattice hits the table's cell boundaries and centres, the bins' bisectors and
+    # their equidistant points exactly; the same lattice nudged by 1e-5 sits just off them.
+    axis = torch.arange(-48, 49, dtype=torch.float32) * 0.25
+    grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"))[None]
+    stats = check_exact(grid, gamut_bins)
+    assert stats["tied"] > 100
+    check_exact(grid + 1e-5, gamut_bins)
+
+
 @pytest.mark.parametrize("grid", [5, 20])
 def test_exact_for_other_grid_sizes(grid):
     bins = ab_bins_from_gamut(grid)

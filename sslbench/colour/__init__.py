@@ -5,7 +5,7 @@ float dtype, in torch only (no skimage/sklearn/scipy).  Modules:
 
 * :mod:`~sslbench.colour.lab`: sRGB <-> CIE Lab, L/ab normalisation conventions;
 * :mod:`~sslbench.colour.bins`: quantised ab bins (from data, from the sRGB gamut, from Zhang's files);
-* :mod:`~sslbench.colour.soft_encode`: exact k-nearest-bin soft targets and the sparse cross-entropy;
+* :mod:`~sslbench.colour.soft_encoding`: exact k-nearest-bin soft targets and the sparse cross-entropy;
 * :mod:`~sslbench.colour.rebalance`: class-rebalancing weights and the grayscale mask;
 * :mod:`~sslbench.colour.decode`: annealed-mean decoding;
 * :mod:`~sslbench.colour.histograms`: Larsson et al.'s hue/chroma histogram targets, loss and decoding.
@@ -53,7 +53,7 @@ from sslbench.colour.rebalance import (
     rebalance_weights,
     smooth_prior,
 )
-from sslbench.colour.soft_encode import SoftEncoder, soft_cross_entropy, soft_encode
+from sslbench.colour.soft_encoding import SoftEncoder, soft_cross_entropy, soft_encode
 
 __all__ = [
     "AB_GAMUT_RANGE",

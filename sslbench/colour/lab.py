@@ -11,10 +11,16 @@ tests use as the reference):
 The piecewise functions (sRGB gamma and the Lab ``f(t)``) are evaluated without ``torch.where``:
 with ``t0`` the branch point, ``g(x) = pow(max(x, t0)) + lin(min(x, t0)) - lin(t0)`` equals the
 power branch above ``t0`` and the linear branch below it (up to the formulas' own discontinuity at
-``t0``, at most 3.3e-7, i.e. 4e-5 in L).  This uses cheap clamps instead of boolean masks, never takes a power of a value below
-``t0`` (no NaN/inf, clean gradients near black and for out-of-gamut values) and computes powers as
-``exp(p * log(x))``, which is exact to float32 rounding and several times faster than ``pow`` on CPU.
-16-bit inputs are converted in float32 and cast back; float64 inputs are converted in float64.
+``t0``: at most 3.3e-7, i.e. 4e-5 in L).  Clamps replace boolean masks, no power is ever taken of a
+value below ``t0`` (no NaN/inf, finite gradients near black and for out-of-gamut values), and powers
+are ``exp(p * log(x))``: exact to float32 rounding and several times faster than ``pow`` on CPU.
+For uint8 input the sRGB gamma is a 256-entry table (computed in float64).  The 3 x 3 colour
+matrices are applied with one batched matmul each, the -16 of L folded into the second.
+
+16-bit inputs are converted in float32 and cast back; float64 inputs in float64.  Autocast is
+disabled inside (a half-precision matmul would cost ~0.1 in L).  Without autograd, CPU batches are
+processed in cache-sized blocks (:mod:`sslbench.colour._blocks`) written straight into the output;
+when the input requires grad, the computation is out of place and differentiable.
 """
 
 from __future__ import annotations
@@ -89,6 +95,12 @@ def _matrices(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, t
     """Forward matrices (RGB -> XYZ/white, f -> Lab) cast to ``dtype`` on ``device``."""
     m_xyz, m_lab = _float64_matrices()
     return m_xyz.to(device=device, dtype=dtype), m_lab.to(device=device, dtype=dtype)
+
+
+@functools.lru_cache(maxsize=32)
+def _lab_offset(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(1, 3, 1) offset (-16, 0, 0) added to ``_LAB_FROM_F @ f``."""
+    return torch.tensor([-16.0, 0.0, 0.0], dtype=dtype, device=device).view(1, 3, 1)
 
 
 @functools.lru_cache(maxsize=32)
@@ -192,21 +204,32 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     out = torch.empty(n, 3, h * w, dtype=rgb.dtype, device=rgb.device)
     for images, pixels in iter_blocks(n, h * w, rgb.device):
         block = flat[images, :, pixels].to(dtype=dtype, copy=True)
-        out[images, :, pixels] = _rgb_to_lab(block)
+        target = out[images, :, pixels]
+        if rgb.dtype == dtype and target.is_contiguous():
+            _rgb_to_lab(block, out=target)
+        else:
+            target.copy_(_rgb_to_lab(block))
     return out.view(n, 3, h, w)
 
 
 @torch.autocast("cuda", enabled=False)
 @torch.autocast("cpu", enabled=False)
-def _rgb_to_lab(x: torch.Tensor, inplace: bool = True) -> torch.Tensor:
-    """(N, 3, P) float buffer (overwritten if ``inplace``) -> (N, 3, P) Lab (autocast off: full precision)."""
+def _rgb_to_lab(
+    x: torch.Tensor, inplace: bool = True, linear: bool = False, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(N, 3, P) float buffer (overwritten if ``inplace``) -> (N, 3, P) Lab (autocast off: full precision).
+
+    ``linear``: ``x`` already holds linear light (the sRGB gamma has been applied).  ``out``: where to
+    write the result (same dtype as ``x``), e.g. a block of the caller's output.
+    """
     m_xyz, m_lab = _matrices(x.dtype, x.device)
-    t = torch.matmul(m_xyz, _srgb_to_linear(x, inplace))
-    lab = torch.matmul(m_lab, _lab_f(t, inplace))
-    if inplace:
-        lab[:, 0].sub_(16.0)
-        return lab
-    return lab - torch.tensor([16.0, 0.0, 0.0], dtype=lab.dtype, device=lab.device).view(1, 3, 1)
+    t = torch.matmul(m_xyz, x if linear else _srgb_to_linear(x, inplace))
+    f = _lab_f(t, inplace)
+    offset = _lab_offset(x.dtype, x.device)
+    weights = m_lab.expand(f.shape[0], 3, 3)
+    if out is None:
+        return torch.baddbmm(offset, weights, f)
+    return torch.baddbmm(offset, weights, f, out=out)
 
 
 def rgb_uint8_to_lab(rgb: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -226,9 +249,23 @@ def rgb_uint8_to_lab(rgb: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
     n, _, h, w = rgb.shape
     flat = rgb.reshape(n, 3, h * w)
     out = torch.empty(n, 3, h * w, dtype=dtype, device=rgb.device)
+    table = _linear_table(compute, rgb.device)
     for images, pixels in iter_blocks(n, h * w, rgb.device):
-        out[images, :, pixels] = _rgb_to_lab(flat[images, :, pixels].to(compute).mul_(1.0 / 255.0))
+        block = flat[images, :, pixels]
+        linear = table.index_select(0, block.reshape(-1).to(torch.int32)).view(block.shape)
+        target = out[images, :, pixels]
+        if compute == dtype and target.is_contiguous():
+            _rgb_to_lab(linear, linear=True, out=target)
+        else:
+            target.copy_(_rgb_to_lab(linear, linear=True))
     return out.view(n, 3, h, w)
+
+
+@functools.lru_cache(maxsize=32)
+def _linear_table(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(256,) linear light of the 8-bit sRGB values, computed in float64 and cast to ``dtype``."""
+    values = torch.arange(256, dtype=torch.float64) / 255.0
+    return _srgb_to_linear(values, inplace=False).to(device=device, dtype=dtype)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:

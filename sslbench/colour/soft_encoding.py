@@ -55,6 +55,8 @@ __all__ = ["SoftEncoder", "soft_cross_entropy", "soft_encode"]
 
 _SENTINEL_COORD = 1.0e4  # centre of the padding "bin": farther than any real bin from any table cell
 _FAR_COORD = 1.0e7  # coordinate of the padding used while building (never a candidate)
+_CELL_SLACK = 1e-4  # cells are classified as if this much larger (ab units): float32 rounding of the
+# cell lookup can put a pixel up to ~1e-5 outside its cell
 _REL_TOL = 1e-9  # relative slack of the float64 geometric bounds (always in the conservative direction)
 _PICK_SCALE = 1e20  # separates the rows at the minimum from all others when picking a bin index
 _DROP = 1e30  # added to a taken row's distance
@@ -110,7 +112,7 @@ def _classify(
     ``floor`` bounds from below the squared distance of every bin outside ``rel`` (None: rel = all).
     """
     cell_size, a0, na, b0, nb = geometry
-    half = 0.5 * cell_size * (1.0 + 1e-6) + 1e-6
+    half = 0.5 * cell_size + _CELL_SLACK
     lo_a = (a0 + i0) * cell_size - half
     hi_a = (a0 + (i0 + size).clamp_max(na) - 1) * cell_size + half
     lo_b = (b0 + j0) * cell_size - half
@@ -259,31 +261,31 @@ def _build_tables(
     return main, overflow, (a0, na, b0, nb)
 
 
-def _select_smallest(d2: torch.Tensor, idx: torch.Tensor, select: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _select_smallest(
+    d2: torch.Tensor, idx: torch.Tensor, select: int, out_d2: torch.Tensor, out_idx: torch.Tensor
+) -> None:
     """The ``select`` smallest distances of each column of (Z, ...) ``d2``, with their bins ``idx``.
 
+    Writes them, smallest first, to ``out_d2``/``out_idx`` (select, ...); ``d2`` is used as scratch.
     Vectorised over the columns with min-reductions over the Z rows, no sort and no branching.
     Step j takes the smallest remaining distance m; the bin is the smallest index among the rows at
-    exactly m (``min(idx + 1e20 * (d2 - m))``: a row above m, however slightly, gets a key >= 1e7 >
+    exactly m (``min(idx + 1e20 * (d2 - m))``: a row above m, however slightly, gets a key far above
     any index); that row is then pushed out of reach (``+1e30``).  Bin indices are distinct within a
     column (padding rows may share one but are farther than every real row), so ties at a distance
     are resolved by index and each bin is taken at most once.
-
-    Returns:
-        ``(distances, indices)``, each (select, ...), smallest first.
     """
-    d2 = d2.clone()
-    out_d2, out_idx = [], []
+    lows, picks = [], []
     for step in range(select):
         low = d2.amin(0)
-        key = torch.add(idx, d2 - low, alpha=_PICK_SCALE)
-        pick = key.amin(0)
-        out_d2.append(low)
-        out_idx.append(pick)
+        pick = torch.add(idx, d2 - low, alpha=_PICK_SCALE).amin(0)
+        lows.append(low)
+        picks.append(pick)
         if step + 1 < select:
             taken = (idx - pick).abs_().clamp_max_(1.0)
             d2.add_(taken.sub_(1.0), alpha=-_DROP)
-    return torch.stack(out_d2), torch.stack(out_idx)
+    for step in range(select):
+        out_d2[step].copy_(lows[step])
+        out_idx[step].copy_(picks[step])
 
 
 def _softmax_(d2: torch.Tensor, ref: torch.Tensor, scale: float) -> torch.Tensor:
@@ -379,35 +381,48 @@ class SoftEncoder:
         if n * pixels == 0:
             return result
         scale = 1.0 / (2.0 * (self.sigma if sigma is None else float(sigma)) ** 2)
-        cell, outside = self._cells(flat)
+        outside = self._outside(flat)
         block = self.block_pixels if ab.device.type == "cpu" else None
         for images, pix in iter_blocks(n, pixels, ab.device, block):
             self._encode_block(
-                flat[images, :, pix], cell[images, pix], indices[images, :, pix], weights[images, :, pix], scale
+                flat[images, :, pix], indices[images, :, pix], weights[images, :, pix], scale, outside is not None
             )
         self._fix_special(flat, indices, weights, outside, scale)
         return result
 
-    def _cells(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(N, P) int32 table cell of each pixel (clamped), and the (N, P) mask of pixels off the table."""
-        a0, na, b0, nb = self._range
-        offsets = torch.tensor([0.5 - a0, 0.5 - b0], dtype=flat.dtype, device=flat.device).view(1, 2, 1)
-        scaled = torch.addcmul(offsets, flat, torch.tensor(1.0 / self.cell_size, dtype=flat.dtype, device=flat.device))
-        limits = torch.tensor([na, nb], dtype=flat.dtype, device=flat.device).view(1, 2, 1)
-        low, high = scaled.aminmax(dim=2)
-        outside = None
-        if not bool(((low >= 0) & (high < limits[..., 0])).all()):
-            outside = ~((scaled >= 0) & (scaled < limits)).all(dim=1)
-            scaled.nan_to_num_(0.0).clamp_min_(0.0)
-            torch.minimum(scaled, limits - 1, out=scaled)
+    def _scaled(self, ab: torch.Tensor) -> torch.Tensor:
+        """(n, 2, L) ab -> table cell coordinates as floats (cell j holds [j, j + 1))."""
+        a0, _, b0, _ = self._range
+        offsets = torch.tensor([0.5 - a0, 0.5 - b0], dtype=ab.dtype, device=ab.device).view(1, 2, 1)
+        return torch.addcmul(offsets, ab, torch.tensor(1.0 / self.cell_size, dtype=ab.dtype, device=ab.device))
+
+    def _outside(self, flat: torch.Tensor) -> torch.Tensor | None:
+        """(N, P) mask of the pixels off the table (or NaN), or None when there are none (one reduction)."""
+        _, na, _, nb = self._range
+        limits = torch.tensor([na, nb], dtype=flat.dtype, device=flat.device)
+        low, high = flat.aminmax(dim=2)
+        low, high = (self._scaled(v[..., None])[..., 0] for v in (low, high))
+        if bool(((low >= 0) & (high < limits)).all()):
+            return None
+        scaled = self._scaled(flat)
+        return ~((scaled >= 0) & (scaled < limits.view(1, 2, 1))).all(dim=1)
+
+    def _cells(self, ab: torch.Tensor, clamp: bool) -> torch.Tensor:
+        """(n, L) int32 table cell of each pixel of (n, 2, L) ab (clamped into the table if ``clamp``)."""
+        _, na, _, nb = self._range
+        scaled = self._scaled(ab)
+        if clamp:
+            limits = torch.tensor([na - 1, nb - 1], dtype=ab.dtype, device=ab.device).view(1, 2, 1)
+            torch.minimum(scaled.nan_to_num_(0.0).clamp_min_(0.0), limits, out=scaled)
         cells = scaled.to(torch.int32)
-        return cells[:, 0].mul_(nb).add_(cells[:, 1]), outside
+        return cells[:, 0].mul_(nb).add_(cells[:, 1])
 
     def _encode_block(
-        self, ab: torch.Tensor, cell: torch.Tensor, out_idx: torch.Tensor, out_w: torch.Tensor, scale: float
+        self, ab: torch.Tensor, out_idx: torch.Tensor, out_w: torch.Tensor, scale: float, clamp: bool
     ) -> None:
-        """ab (n, 2, L), cell (n, L) -> out_idx, out_w (n, k, L) views, in place (hard cells: < 0)."""
+        """ab (n, 2, L) -> out_idx, out_w (n, k, L) views, in place (overflow cells marked < 0)."""
         n, _, length = ab.shape
+        cell = self._cells(ab, clamp)
         idx, d2 = self._encode_rows(self._main, cell.reshape(-1), ab[:, 0], ab[:, 1])
         # Row 0 holds the bin nearest to the centre of the cell's table region: within the region's
         # size of the nearest bin, so the shifted exponents neither overflow nor all underflow.
@@ -482,7 +497,7 @@ class SoftEncoder:
         front, select = k - table.select, table.select
         if 0 < select < width - front:
             zone = slice(front, front + select + table.extra)
-            d2[front:k], idx[front:k] = _select_smallest(d2[zone], idx[zone], select)
+            _select_smallest(d2[zone], idx[zone], select, d2[front:k], idx[front:k])
         return idx[:k].reshape(k, -1), d2[:k].reshape(k, -1)
 
     def _brute_force(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
