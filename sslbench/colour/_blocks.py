@@ -1,7 +1,7 @@
 """Cache-sized blocks of a batch of images, for the CPU paths of sslbench.colour.
 
 Element-wise torch code on large tensors is limited by memory traffic (and, for fresh buffers, by page
-faults); processing a batch in blocks of a few tens of thousands of pixels keeps every intermediate
+faults); processing a batch in blocks of 2**15 to 2**17 pixels keeps every intermediate
 in cache.  A block is a range of whole images, or a range of pixels of one image.  Accelerators get
 one large block per 2**22 pixels.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import torch
 
-CPU_BLOCK_PIXELS = 1 << 16
+CPU_BLOCK_PIXELS = 1 << 17
 DEVICE_BLOCK_PIXELS = 1 << 22
 
 
