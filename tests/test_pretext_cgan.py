@@ -32,14 +32,7 @@ ENCODERS = {"vgg_small": {"width_mult": 0.25}, "unet": {"width_mult": 0.125}}
 SMALL = CGANConfig(ndf=8)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on these tiny networks two OpenMP threads mostly spin-wait for each other (20x the CPU
-    time on a busy 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -26,15 +26,6 @@ EVAL_IMAGES = 100
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def setup(shared_data, tmp_path_factory, one_thread):
     root = shared_data / "cifar10"
     train = create_dataset("cifar10", root=root, split="train", subset=TRAIN_IMAGES)

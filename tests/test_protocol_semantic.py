@@ -27,15 +27,6 @@ JUDGE = {"judge_width_mult": "0.5", "judge_epochs": "3", "judge_batch_size": "50
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def cifar(shared_data, one_thread):
     root = shared_data / "cifar10"
     return (create_dataset("cifar10", root=root, split="train", subset=1000),
