@@ -32,9 +32,11 @@ def brute_force(ab: torch.Tensor, centers: torch.Tensor, k: int, sigma: float):
     return order, sorted_d2, weights / weights.sum(1, keepdim=True), points
 
 
-def check_exact(ab: torch.Tensor, bins: ABBins, k: int = 10, sigma: float = 5.0) -> dict[str, int]:
+def check_exact(
+    ab: torch.Tensor, bins: ABBins, backend: str, k: int = 10, sigma: float = 5.0
+) -> dict[str, int]:
     """Assert soft_encode == brute force; return how many pixels had a tie at the k-th place."""
-    indices, weights = soft_encode(ab, bins, k=k, sigma=sigma)
+    indices, weights = soft_encode(ab, bins, k=k, sigma=sigma, backend=backend)
     n, _, h, w = ab.shape
     assert indices.shape == (n, k, h, w) and weights.shape == (n, k, h, w)
     assert indices.dtype == torch.long
@@ -83,99 +85,148 @@ def gamut_bins() -> ABBins:
     return ab_bins_from_gamut(10)
 
 
-def test_exact_on_real_images(shared_data, gamut_bins):
-    check_exact(_camvid_ab(shared_data, 2, 80), gamut_bins)
-    check_exact(rgb_uint8_to_lab(_cifar_rgb(shared_data, 24))[:, 1:], gamut_bins)
+@pytest.fixture(params=["numba", "torch"])
+def backend(request) -> str:
+    """Both CPU back ends: the compiled kernel and the torch path that CUDA runs."""
+    return request.param
 
 
-def test_exact_on_uniform_points_over_the_ab_square(gamut_bins):
+def test_exact_on_real_images(shared_data, gamut_bins, backend):
+    check_exact(_camvid_ab(shared_data, 2, 80), gamut_bins, backend)
+    check_exact(rgb_uint8_to_lab(_cifar_rgb(shared_data, 24))[:, 1:], gamut_bins, backend)
+
+
+def test_exact_on_uniform_points_over_the_ab_square(gamut_bins, backend):
     generator = torch.Generator().manual_seed(0)
     ab = torch.rand(1, 2, 100, 150, generator=generator) * 256 - 128
-    check_exact(ab, gamut_bins)
+    check_exact(ab, gamut_bins, backend)
 
 
-def test_exact_far_outside_and_at_equidistant_points(gamut_bins):
+def test_exact_far_outside_and_at_equidistant_points(gamut_bins, backend):
     generator = torch.Generator().manual_seed(1)
     far = torch.rand(1, 2, 20, 20, generator=generator) * 1000 - 500
-    check_exact(far, gamut_bins)
+    check_exact(far, gamut_bins, backend)
     # Bin centres, edge midpoints, square centres, points on bisectors: exact ties at the 10th place.
     special = [(0, 0), (5, 5), (5, 0), (0, 5), (-5, 5), (2.5, 2.5), (10, 10), (0, 3.3), (3.3, 0), (-15, 25)]
     values = torch.tensor(special, dtype=torch.float32).t()[None, :, :, None]
-    stats = check_exact(values, gamut_bins)
+    stats = check_exact(values, gamut_bins, backend)
     assert stats["tied"] >= 5
     # Tiny offsets from those points must resolve the ties exactly.
     offsets = torch.tensor([1e-4, -1e-4, 3e-3])
     near = (values + offsets.view(1, 1, 1, -1)).reshape(1, 2, -1, 1)
-    check_exact(near, gamut_bins)
+    check_exact(near, gamut_bins, backend)
 
 
-def test_exact_on_cell_boundaries_and_bisectors(gamut_bins):
+def test_exact_on_cell_boundaries_and_bisectors(gamut_bins, backend):
     # A 0.25-spaced lattice hits the table's cell boundaries and centres, the bins' bisectors and
     # their equidistant points exactly; the same lattice nudged by 1e-5 sits just off them.
     axis = torch.arange(-48, 49, dtype=torch.float32) * 0.25
     grid = torch.stack(torch.meshgrid(axis, axis, indexing="ij"))[None]
-    stats = check_exact(grid, gamut_bins)
+    stats = check_exact(grid, gamut_bins, backend)
     assert stats["tied"] > 100
-    check_exact(grid + 1e-5, gamut_bins)
+    check_exact(grid + 1e-5, gamut_bins, backend)
 
 
 @pytest.mark.parametrize("grid", [5, 20])
-def test_exact_for_other_grid_sizes(grid):
+def test_exact_for_other_grid_sizes(grid, backend):
     bins = ab_bins_from_gamut(grid)
     generator = torch.Generator().manual_seed(grid)
     ab = torch.rand(1, 2, 50, 50, generator=generator) * 240 - 120
-    check_exact(ab, bins)
+    check_exact(ab, bins, backend)
 
 
-def test_exact_for_sparse_data_bins(shared_data):
+def test_exact_for_sparse_data_bins(shared_data, backend):
     # Few images and a count threshold leave holes in the bins: larger, irregular neighbourhoods.
     bins = ab_bins_from_data([_cifar_rgb(shared_data, 24)], grid_size=10, min_count=20)
     generator = torch.Generator().manual_seed(2)
     ab = torch.rand(1, 2, 60, 60, generator=generator) * 256 - 128
-    check_exact(ab, bins)
+    check_exact(ab, bins, backend)
 
 
 @pytest.mark.parametrize(("k", "sigma"), [(1, 5.0), (5, 5.0), (10, 2.5), (16, 8.0)])
-def test_other_k_and_sigma(gamut_bins, k, sigma):
+def test_other_k_and_sigma(gamut_bins, k, sigma, backend):
     generator = torch.Generator().manual_seed(k)
     ab = torch.rand(1, 2, 40, 40, generator=generator) * 200 - 100
-    check_exact(ab, gamut_bins, k=k, sigma=sigma)
+    check_exact(ab, gamut_bins, backend, k=k, sigma=sigma)
 
 
-def test_small_bin_sets_and_bad_k():
+def test_small_bin_sets_and_bad_k(backend):
     bins = ABBins(torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]]), 10.0)
     ab = torch.rand(1, 2, 10, 10) * 60 - 30
-    check_exact(ab, bins, k=3)
-    check_exact(ab, bins, k=2)
+    check_exact(ab, bins, backend, k=3)
+    check_exact(ab, bins, backend, k=2)
     with pytest.raises(ValueError):
         soft_encode(ab, bins, k=4)
 
 
-def test_dtypes_and_out_buffers(gamut_bins):
+def test_dtypes_and_out_buffers(gamut_bins, backend):
     generator = torch.Generator().manual_seed(3)
     ab = torch.rand(2, 2, 16, 16, generator=generator) * 200 - 100
-    idx32, w32 = soft_encode(ab, gamut_bins)
-    _, w64 = soft_encode(ab.double(), gamut_bins)
+    idx32, w32 = soft_encode(ab, gamut_bins, backend=backend)
+    _, w64 = soft_encode(ab.double(), gamut_bins, backend=backend)
     assert w64.dtype == torch.float64 and w32.dtype == torch.float32
-    check_exact(ab.double(), gamut_bins)
-    _, w16 = soft_encode(ab.half(), gamut_bins)
+    check_exact(ab.double(), gamut_bins, backend)
+    _, w16 = soft_encode(ab.half(), gamut_bins, backend=backend)
     assert w16.dtype == torch.float32
-    check_exact(ab.half().float(), gamut_bins)
+    check_exact(ab.half().float(), gamut_bins, backend)
     out = (torch.empty_like(idx32), torch.empty_like(w32))
-    result = soft_encode(ab, gamut_bins, out=out)
+    result = soft_encode(ab, gamut_bins, out=out, backend=backend)
     assert result[0] is out[0] and result[1] is out[1]
     assert torch.equal(out[0], idx32) and torch.equal(out[1], w32)
     with pytest.raises(ValueError):
-        soft_encode(ab, gamut_bins, out=(idx32[:1], w32[:1]))
+        soft_encode(ab, gamut_bins, out=(idx32[:1], w32[:1]), backend=backend)
+
+
+def test_nan_pixels_get_nan_weights_and_leave_the_others_exact(gamut_bins, backend):
+    generator = torch.Generator().manual_seed(6)
+    ab = torch.rand(1, 2, 9, 31, generator=generator) * 200 - 100
+    nan_at = torch.zeros(1, 9, 31, dtype=torch.bool)
+    nan_at[0, 4, 7] = nan_at[0, 0, 30] = True
+    ab[:, 0][nan_at] = float("nan")
+    idx, w = soft_encode(ab, gamut_bins, backend=backend)
+    assert ((idx >= 0) & (idx < gamut_bins.num_bins)).all()
+    assert w.permute(0, 2, 3, 1)[nan_at].isnan().all()
+    clean = ab.clone()
+    clean[:, 0][nan_at] = 0.0
+    ref_idx, ref_w = soft_encode(clean, gamut_bins, backend=backend)
+    keep = ~nan_at[:, None].expand_as(idx)
+    assert torch.equal(idx[keep], ref_idx[keep]) and torch.equal(w[keep], ref_w[keep])
+
+
+def test_backends_agree_on_real_images(shared_data, gamut_bins):
+    ab = _camvid_ab(shared_data, 3, 96)
+    numba_idx, numba_w = soft_encode(ab, gamut_bins, backend="numba")
+    torch_idx, torch_w = soft_encode(ab, gamut_bins, backend="torch")
+    order_numba, order_torch = numba_idx.argsort(1), torch_idx.argsort(1)
+    assert torch.equal(numba_idx.gather(1, order_numba), torch_idx.gather(1, order_torch))
+    assert (numba_w.gather(1, order_numba) - torch_w.gather(1, order_torch)).abs().max() <= 1e-6
+
+
+def test_kernel_keeps_torch_thread_count(gamut_bins):
+    # numba's OpenMP layer shares torch's OpenMP runtime; the call must not change torch's setting.
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        soft_encode(torch.rand(2, 2, 40, 40) * 100 - 50, gamut_bins, backend="numba")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_unknown_backend_is_refused(gamut_bins):
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, numba"):
+        soft_encode(torch.zeros(1, 2, 2, 2), gamut_bins, backend="cuda")
+    with pytest.raises(ValueError, match="backend"):
+        SoftEncoder(gamut_bins, backend="fast")
 
 
 def test_encoder_blocks_do_not_change_results(gamut_bins):
-    encoder = SoftEncoder(gamut_bins, sigma=3.0)
+    encoder = SoftEncoder(gamut_bins, sigma=3.0, backend="torch")
     encoder.block_pixels = 16  # many small blocks: splits inside images and several images per block
     for shape in [(1, 2, 8, 8), (5, 2, 3, 7)]:
         ab = torch.rand(*shape) * 100 - 50
         idx, w = encoder(ab)
-        ref_idx, ref_w = soft_encode(ab, gamut_bins, sigma=3.0)
+        ref_idx, ref_w = soft_encode(ab, gamut_bins, sigma=3.0, backend="torch")
         assert torch.equal(idx, ref_idx)
         assert torch.allclose(w, ref_w, rtol=0, atol=1e-6)  # SIMD tails may round differently
 
@@ -215,6 +266,8 @@ def test_cuda_matches_cpu(gamut_bins):
     generator = torch.Generator().manual_seed(5)
     ab = torch.rand(2, 2, 64, 64, generator=generator) * 256 - 128
     cpu_idx, cpu_w = soft_encode(ab, gamut_bins)
+    with pytest.raises(ValueError, match="CPU only"):
+        soft_encode(ab.cuda(), gamut_bins.to("cuda"), backend="numba")
     gpu_idx, gpu_w = soft_encode(ab.cuda(), gamut_bins.to("cuda"))
     assert gpu_idx.device.type == "cuda"
     assert torch.equal(gpu_idx.cpu().sort(1).values, cpu_idx.sort(1).values)

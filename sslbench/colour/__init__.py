@@ -1,11 +1,13 @@
 """Colour-space conversion, ab quantisation, soft-encoding, rebalancing and decoding for colorization.
 
 The one place in sslbench where these live; everything is batched (N, C, H, W), on any device and
-float dtype, in torch only (no skimage/sklearn/scipy).  Modules:
+float dtype, in torch (no skimage/sklearn/scipy), except the CPU path of soft-encoding, a kernel
+compiled with numba.  Modules:
 
 * :mod:`~sslbench.colour.lab`: sRGB <-> CIE Lab, L/ab normalisation conventions;
 * :mod:`~sslbench.colour.bins`: quantised ab bins (from data, from the sRGB gamut, from Zhang's files);
-* :mod:`~sslbench.colour.soft_encoding`: exact k-nearest-bin soft targets and the sparse cross-entropy;
+* :mod:`~sslbench.colour.soft_encoding`: exact k-nearest-bin soft targets and the sparse cross-entropy
+  (its CPU kernel is :mod:`~sslbench.colour._soft_encoding_cpu`);
 * :mod:`~sslbench.colour.rebalance`: class-rebalancing weights and the grayscale mask;
 * :mod:`~sslbench.colour.decode`: annealed-mean decoding;
 * :mod:`~sslbench.colour.histograms`: Larsson et al.'s hue/chroma histogram targets, loss and decoding.

@@ -33,9 +33,12 @@ exchanged (ties are broken towards the lower bin index).  Weights come from the 
 distances (shifted by the first slot's, never far from the minimum, before ``exp``), so they
 match brute-force weights to float32 rounding.
 
-On CPU the pixels are processed in blocks of 2**15 that keep every intermediate in cache (see
-:mod:`sslbench.colour._blocks`); other devices take large blocks.  The k output bins of a pixel are not
-sorted by distance (``weights.argmax(1)`` picks the nearest).
+Two back ends run the same tables.  On CPU, a fused numba kernel
+(:mod:`sslbench.colour._soft_encoding_cpu`) does each pixel in one pass; elsewhere (CUDA, MPS) the
+lookup, the zone selection and the weights are whole-tensor torch operations over large blocks of
+pixels.  ``backend="torch"`` forces the torch path on CPU too (the tests check both against a
+brute-force search).  The k output bins of a pixel are not sorted by distance (``weights.argmax(1)``
+picks the nearest).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import hashlib
 import math
 import threading
 
+import numpy as np
 import torch
 
 from sslbench.colour._blocks import iter_blocks
@@ -63,6 +67,8 @@ _DROP = 1e30  # added to a taken row's distance
 _MAX_BINS = 1 << 20  # bin indices travel as float32, exact below 2**24
 _TOP_LEVEL = 4  # the build starts from squares of 2**4 cells and splits those that need it
 _BUILD_CHUNK = 8192  # regions per chunk while building
+_BACKENDS = ("auto", "torch", "numba")
+_VECTOR = 16  # the CPU kernel's table rows are padded to a multiple of this many slots
 
 
 @dataclasses.dataclass
@@ -307,6 +313,8 @@ class SoftEncoder:
         cell_size: side of the table cells in ab units.
         tiers: ``(R, E)`` of the main table, then of overflow tables for the cells that need more (a
             last overflow table takes whatever is left).
+        backend: ``"auto"`` (the compiled kernel on CPU, torch elsewhere), ``"torch"``, or ``"numba"``
+            (CPU only).
     """
 
     def __init__(
@@ -316,6 +324,7 @@ class SoftEncoder:
         sigma: float = 5.0,
         cell_size: float = 0.5,
         tiers: tuple[tuple[int, int], ...] = ((2, 3),),
+        backend: str = "auto",
     ) -> None:
         num_bins = bins.num_bins
         if num_bins >= _MAX_BINS:
@@ -324,6 +333,8 @@ class SoftEncoder:
             raise ValueError(f"k must be in [1, {num_bins}], got {k}")
         if sigma <= 0:
             raise ValueError("sigma must be positive")
+        self.backend = _check_backend(backend)
+        self._kernel_tables: _KernelTables | None = None
         self.k, self.sigma, self.cell_size = k, float(sigma), float(cell_size)
         self.block_pixels = 1 << 15
         centers = bins.centers.detach().to("cpu", torch.float64)
@@ -346,6 +357,7 @@ class SoftEncoder:
         ab: torch.Tensor,
         out: tuple[torch.Tensor, torch.Tensor] | None = None,
         sigma: float | None = None,
+        backend: str | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Soft-encode ab.
 
@@ -354,6 +366,7 @@ class SoftEncoder:
             out: optional contiguous ``(indices, weights)`` tensors of the result's shape and dtypes to
                 write into (reusing them across batches saves the allocation of fresh memory).
             sigma: Gaussian std for this call (default: the encoder's).
+            backend: back end for this call (default: the encoder's).
 
         Returns:
             ``(indices, weights)``: (N, k, H, W) long bin indices and (N, k, H, W) weights summing to 1
@@ -368,10 +381,7 @@ class SoftEncoder:
         k, pixels = self.k, h * w
         flat = ab.reshape(n, 2, pixels).to(dtype)
         if out is None:
-            result = (
-                torch.empty(n, k, h, w, dtype=torch.long, device=ab.device),
-                torch.empty(n, k, h, w, dtype=dtype, device=ab.device),
-            )
+            result = (_empty((n, k, h, w), torch.long, ab.device), _empty((n, k, h, w), dtype, ab.device))
         else:
             result = out
             for tensor, want in zip(result, (torch.long, dtype)):
@@ -381,6 +391,9 @@ class SoftEncoder:
         if n * pixels == 0:
             return result
         scale = 1.0 / (2.0 * (self.sigma if sigma is None else float(sigma)) ** 2)
+        if self._uses_kernel(self.backend if backend is None else _check_backend(backend)):
+            self._run_kernel(flat, indices, weights, scale)
+            return result
         outside = self._outside(flat)
         block = self.block_pixels if ab.device.type == "cpu" else None
         for images, pix in iter_blocks(n, pixels, ab.device, block):
@@ -389,6 +402,48 @@ class SoftEncoder:
             )
         self._fix_special(flat, indices, weights, outside, scale)
         return result
+
+    def _uses_kernel(self, backend: str) -> bool:
+        if self.device.type != "cpu":
+            if backend == "numba":
+                raise ValueError(f"the numba back end runs on CPU only; this encoder is on {self.device}")
+            return False
+        return backend != "torch"
+
+    def _run_kernel(self, flat: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, scale: float) -> None:
+        """The fused CPU kernel on (N, 2, P) ab into (N, k, P) views, with torch's thread count."""
+        import numba
+
+        from sslbench.colour._soft_encoding_cpu import soft_encode_kernel
+
+        if self._kernel_tables is None:
+            self._kernel_tables = _KernelTables.build(self)
+        tables = self._kernel_tables
+        a0, na, b0, nb = self._range
+        threads = torch.get_num_threads()
+        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+        try:
+            soft_encode_kernel(
+                flat.contiguous().numpy(),
+                indices.numpy(),
+                weights.numpy(),
+                tables.main,
+                tables.width,
+                self._main.select,
+                tables.overflow,
+                tables.overflow_select,
+                tables.overflow_width,
+                tables.centers,
+                0.5 - a0,
+                0.5 - b0,
+                1.0 / self.cell_size,
+                na,
+                nb,
+                scale,
+            )
+        finally:
+            # numba's OpenMP layer shares torch's OpenMP runtime and leaves its own thread count there.
+            torch.set_num_threads(threads)
 
     def _scaled(self, ab: torch.Tensor) -> torch.Tensor:
         """(n, 2, L) ab -> table cell coordinates as floats (cell j holds [j, j + 1))."""
@@ -518,6 +573,55 @@ class SoftEncoder:
         return torch.cat(out_idx, 1), torch.cat(out_d2, 1)
 
 
+@dataclasses.dataclass
+class _KernelTables:
+    """The slot tables laid out for the CPU kernel: one contiguous (3, V) block per cell."""
+
+    main: np.ndarray  # (cells, 3, V) float32: bin, a, b; width slots, then padding to V
+    width: int
+    overflow: np.ndarray  # (rows, 3, W') float32, padded with far-away slots
+    overflow_select: np.ndarray  # (rows,) int64
+    overflow_width: np.ndarray  # (rows,) int64
+    centers: np.ndarray  # (Q, 2) float64
+
+    @classmethod
+    def build(cls, encoder: SoftEncoder) -> _KernelTables:
+        num_bins = encoder._centers.shape[0]
+
+        def cell_major(table: _SlotTable, width: int) -> np.ndarray:
+            rows = table.data.cpu().view(3, table.width, -1).permute(2, 0, 1).numpy()
+            out = np.empty((rows.shape[0], 3, width), np.float32)
+            out[:, 0], out[:, 1:] = num_bins, _SENTINEL_COORD
+            out[:, :, : table.width] = rows
+            return out
+
+        main = cell_major(encoder._main, -(-encoder._main.width // _VECTOR) * _VECTOR)
+        wide = max([table.width for table in encoder._overflow], default=1)
+        parts = [cell_major(table, wide) for table in encoder._overflow]
+        overflow = np.concatenate(parts) if parts else np.zeros((0, 3, wide), np.float32)
+        select = np.concatenate([np.full(t.n_rows, t.select) for t in encoder._overflow] + [np.zeros(0, np.int64)])
+        width = np.concatenate([np.full(t.n_rows, t.width) for t in encoder._overflow] + [np.zeros(0, np.int64)])
+        centers = encoder._centers.detach().to("cpu", torch.float64).numpy().copy()
+        return cls(main, encoder._main.width, overflow, select.astype(np.int64), width.astype(np.int64), centers)
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A fresh tensor; on CPU allocated by numpy, which asks Linux for transparent huge pages.
+
+    The soft-encoding outputs are large (120 bytes per pixel) and written once: with 4 KiB pages,
+    their first-touch page faults cost more than the kernel's own work.
+    """
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.from_numpy(np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in _BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
+    return backend
+
+
 _ENCODERS: dict[tuple, SoftEncoder] = {}
 _ENCODERS_LOCK = threading.Lock()
 
@@ -557,6 +661,7 @@ def soft_encode(
     k: int = 10,
     sigma: float = 5.0,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Soft-encode ab into the k nearest bins with Gaussian weights (Zhang et al. 2016).
 
@@ -566,6 +671,7 @@ def soft_encode(
         k: neighbours per pixel (10, as in the released code).
         sigma: Gaussian std in ab units (5).
         out: optional ``(indices, weights)`` to write into (see :meth:`SoftEncoder.__call__`).
+        backend: ``"auto"`` (the compiled kernel on CPU, torch elsewhere), ``"torch"`` or ``"numba"``.
 
     Returns:
         ``(indices, weights)``: (N, k, H, W) long indices into ``bins`` and (N, k, H, W) weights
@@ -573,7 +679,7 @@ def soft_encode(
         bins are exactly the k nearest centres (ties between equidistant bins broken arbitrarily);
         they are not sorted by distance.
     """
-    return _encoder_for(bins, k, ab.device)(ab, out=out, sigma=sigma)
+    return _encoder_for(bins, k, ab.device)(ab, out=out, sigma=sigma, backend=backend)
 
 
 def soft_cross_entropy(
