@@ -76,36 +76,44 @@ def _exp_(x: np.ndarray, power: np.ndarray, bits: np.ndarray) -> None:
 
 
 @numba.njit(boundscheck=False, cache=True)
+def _insert(d, index, low, taken, k, q, bins, dist) -> int:
+    """Insert (d, index) into the sorted k nearest ``dist[low:taken]``; returns the new ``taken``.
+
+    Ties go towards the lower bin index.
+    """
+    if taken < k:
+        j = taken
+        taken += 1
+    elif d < dist[k - 1] or (d == dist[k - 1] and index < bins[k - 1, q]):
+        j = k - 1
+    else:
+        return taken
+    while j > low and (dist[j - 1] > d or (dist[j - 1] == d and bins[j - 1, q] > index)):
+        dist[j] = dist[j - 1]
+        bins[j, q] = bins[j - 1, q]
+        j -= 1
+    dist[j] = d
+    bins[j, q] = index
+    return taken
+
+
+@numba.njit(boundscheck=False, cache=True)
 def _from_slots(a, b, table, row, select, width, k, q, bins, dist) -> None:
     """Column q of ``bins`` and the k distances of (a, b), from row ``row`` (3, W) of ``table``.
 
-    The sure slots, then the zone's ``select`` nearest by insertion (ties towards the lower bin).
+    The sure slots, then the zone's ``select`` nearest by insertion.
     """
     front = k - select
     for j in range(front):
         da = a - table[row, 1, j]
         db = b - table[row, 2, j]
-        bins[j, q] = np.int64(table[row, 0, j])
+        bins[j, q] = table[row, 0, j]
         dist[j] = da * da + db * db
     taken = front
     for z in range(front, width):
         da = a - table[row, 1, z]
         db = b - table[row, 2, z]
-        d = da * da + db * db
-        index = np.int64(table[row, 0, z])
-        if taken < k:
-            j = taken
-            taken += 1
-        elif d < dist[k - 1] or (d == dist[k - 1] and index < bins[k - 1, q]):
-            j = k - 1
-        else:
-            continue
-        while j > front and (dist[j - 1] > d or (dist[j - 1] == d and bins[j - 1, q] > index)):
-            dist[j] = dist[j - 1]
-            bins[j, q] = bins[j - 1, q]
-            j -= 1
-        dist[j] = d
-        bins[j, q] = index
+        taken = _insert(da * da + db * db, table[row, 0, z], front, taken, k, q, bins, dist)
 
 
 @numba.njit(boundscheck=False, cache=True)
@@ -117,20 +125,7 @@ def _brute_force(a, b, centers, k, q, bins, dist) -> None:
     for c in range(centers.shape[0]):
         da = a64 - centers[c, 0]
         db = b64 - centers[c, 1]
-        d = da * da + db * db
-        if taken < k:
-            j = taken
-            taken += 1
-        elif d < dist[k - 1]:
-            j = k - 1
-        else:
-            continue
-        while j > 0 and dist[j - 1] > d:
-            dist[j] = dist[j - 1]
-            bins[j, q] = bins[j - 1, q]
-            j -= 1
-        dist[j] = d
-        bins[j, q] = c
+        taken = _insert(da * da + db * db, np.float32(c), 0, taken, k, q, bins, dist)
 
 
 @numba.njit(boundscheck=False, cache=True)
