@@ -7,7 +7,7 @@ Schema (``sslbench.run/1``)::
      metrics: nested dict (``layer/stage1/top1`` is metrics["layer"]["stage1"]["top1"]),
      train: {steps, epochs, images_per_s, wall_s, first_losses, last_losses},
      timings: {eval_s, ...}, counts: {train_images, eval_images},
-     data: {train: describe(), test: describe()}, env: {python, torch, torchvision, timm, numpy, sslbench,
+     data: {train: describe(), test: describe()}, env: {python, torch, torchvision, timm, numpy, numba, sslbench,
      device, device_name, precision, world_size, git_commit, command}, created}
 
 A rerun skips a (pretext, protocol, dataset, encoder, seed) whose record exists with status ``ok`` and the same
@@ -123,7 +123,7 @@ def environment(runtime_info: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        **{name: _version(name) for name in ("torch", "torchvision", "timm", "numpy", "sslbench")},
+        **{name: _version(name) for name in ("torch", "torchvision", "timm", "numpy", "numba", "sslbench")},
         **(runtime_info or {}),
         "git_commit": git_commit(),
         "command": " ".join(sys.argv),

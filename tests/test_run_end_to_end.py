@@ -45,7 +45,8 @@ def test_regression_beats_random_on_synthetic_over_two_seeds(tmp_path):
     assert last < first
     assert set(regression["metrics"]["layer"]) == {"stage1", "stage2", "stage3", "stage4"}
     assert torch.__version__.startswith(regression["env"]["torch"])
-    assert {"python", "torchvision", "timm", "device", "git_commit", "command"} <= set(regression["env"])
+    assert {"python", "torchvision", "timm", "numba", "device", "git_commit", "command"} <= set(regression["env"])
+    assert regression["env"]["numba"] is not None
     assert regression["config"]["pretext_run"]["pretext_options"]["loss"] == "l2"
     assert regression["data"]["train"]["synthetic"] is True
 
