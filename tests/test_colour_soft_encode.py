@@ -193,6 +193,13 @@ def test_nan_pixels_get_nan_weights_and_leave_the_others_exact(gamut_bins, backe
     assert torch.equal(idx[keep], ref_idx[keep]) and torch.equal(w[keep], ref_w[keep])
 
 
+def test_input_that_requires_grad_is_encoded_as_its_values(gamut_bins, backend):
+    ab = (torch.rand(1, 2, 6, 6) * 100 - 50).requires_grad_(True)
+    idx, w = soft_encode(ab, gamut_bins, backend=backend)
+    ref_idx, ref_w = soft_encode(ab.detach(), gamut_bins, backend=backend)
+    assert torch.equal(idx, ref_idx) and torch.equal(w, ref_w) and not w.requires_grad
+
+
 def test_backends_agree_on_real_images(shared_data, gamut_bins):
     ab = _camvid_ab(shared_data, 3, 96)
     numba_idx, numba_w = soft_encode(ab, gamut_bins, backend="numba")

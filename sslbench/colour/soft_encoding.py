@@ -379,7 +379,7 @@ class SoftEncoder:
         dtype = torch.float64 if ab.dtype == torch.float64 else torch.float32
         n, _, h, w = ab.shape
         k, pixels = self.k, h * w
-        flat = ab.reshape(n, 2, pixels).to(dtype)
+        flat = ab.detach().reshape(n, 2, pixels).to(dtype)  # targets: not differentiable
         if out is None:
             result = (_empty((n, k, h, w), torch.long, ab.device), _empty((n, k, h, w), dtype, ab.device))
         else:
