@@ -11,24 +11,29 @@ Why a compiled kernel: the torch path makes about forty passes over per-pixel in
 on a CPU costs more than the search itself.  Here each pixel is read once and its k indices and
 weights are written once.  The layout follows what vectorises:
 
+* cells are computed for the whole chunk at once (branch-free; the special pixels are listed after);
 * distances are computed along a pixel's table row (the cell's slots are contiguous: one vector
   load per coordinate) and stored transposed, one row per slot and one column per pixel;
-* every later step (ranking the zone, the exponentials, the normalisation, the output rows) then
-  runs along rows of pixels;
-* the output is written row by row in contiguous runs.
+* every later step (the zone's selection by branch-free insertion, the exponentials, the
+  normalisation) then runs along rows of pixels;
+* the output is written row by row in contiguous runs, through 1-D views indexed from 0: with
+  ``start + q`` numba must allow for a negative index and the compiler scatters the stores, which
+  took a third of the kernel's time.
 
-Column-wise gathers from the table cost five times more than the row loads and the transposition
-(measured on the benchmark's CamVid images).
+Column-wise gathers from the table cost five times more than the row loads and the transposition,
+and so did a table of bin indices with the centres looked up (measured on the benchmark's CamVid
+images); cells of 1 or 2 ab units (a smaller table, wider zones) were slower too.
 
 The kernel is compiled with the fast-math flags that only reorder or fuse arithmetic (``reassoc``,
 ``contract``, ``arcp``, ``nsz``; about 10% faster): not ``nnan``/``ninf``, on which the handling of
-NaN input and of taken zone slots relies, and not ``afn``, which could approximate ``math.exp``.
+NaN input and the zone's insertion (it starts from infinite distances) rely, and not ``afn``, which
+could approximate ``math.exp``.
 
 ``math.exp`` compiles to a scalar libm call of about 6 ns, more than the rest of a pixel's work for
-ten of them.  float32 weights therefore use :func:`_exp_`, which the compiler vectorises: ``2**t``
-as ``2**round(t)``, built in the exponent bits, times a degree-7 Taylor polynomial of ``2**f`` on
-``|f| <= 1/2``, whose relative error is below 1e-8 before float32 rounding.  float64 weights use
-``math.exp``.
+ten of them.  float32 weights therefore use an exponential the compiler vectorises, in float32
+throughout: ``2**t`` as ``2**round(t)``, built in the exponent bits, times a degree-7 Taylor
+polynomial of ``2**f`` on ``|f| <= 1/2``, whose relative error is below 1e-8 before float32
+rounding.  float64 weights use ``math.exp``.
 """
 
 from __future__ import annotations
@@ -51,28 +56,6 @@ _C5 = 0.0013333558146428443
 _C6 = 0.00015403530393381608
 _C7 = 1.525273380405984e-05
 _MIN_EXP2 = -126.0  # 2**-126 is the smallest normal float32; weights below it are 0 to float32 anyway
-
-
-@numba.njit(boundscheck=False, cache=True)
-def _exp_(x: np.ndarray, power: np.ndarray, bits: np.ndarray) -> None:
-    """In place, x = exp(x) for a 1-D float32 array (x <= ~88), vectorisable.
-
-    ``power`` (float32) and ``bits`` (int32, the same memory) are scratch of x's length.
-    """
-    for e in range(x.size):
-        t = max(x[e] * np.float32(_LOG2E), np.float32(_MIN_EXP2))
-        r = np.floor(t + np.float32(0.5))
-        f = t - r
-        p = np.float32(_C7) * f + np.float32(_C6)
-        p = p * f + np.float32(_C5)
-        p = p * f + np.float32(_C4)
-        p = p * f + np.float32(_C3)
-        p = p * f + np.float32(_C2)
-        p = p * f + np.float32(_C1)
-        x[e] = p * f + np.float32(1.0)
-        bits[e] = (np.int32(r) + np.int32(127)) << np.int32(23)
-    for e in range(x.size):
-        x[e] *= power[e]
 
 
 @numba.njit(boundscheck=False, cache=True)
@@ -174,46 +157,43 @@ def soft_encode_kernel(
     (``-1 - row``).  ``overflow`` is the (rows, 3, W') overflow table with per-row ``select`` and
     width; ``centers`` the (Q, 2) float64 bin centres for the brute force.
 
-    Per chunk: each pixel's distances to its cell's slots are computed along the table row (contiguous
-    loads) and stored as columns (one row per slot, one column per pixel); every later step runs
-    along those columns, so it vectorises over pixels.  The zone's ``select`` nearest are found by
-    ranking the zone (``rank = #{slots ahead}``, ties by bin index).  The few special pixels
-    (overflow cells, off the table, NaN) are redone one by one at the end of their chunk.
+    Per chunk of ``CHUNK`` pixels of one image: cells, the distances to the cell's slots as columns
+    (one row per slot), the zone's ``select`` nearest, the weights, and the output rows; the few
+    special pixels (overflow cells, off the table, NaN) are redone one by one at the end of their
+    chunk.
     """
     n, _, pixels = ab.shape
     k = out_idx.shape[1]
     padded = main.shape[2]
     front = k - select
-    zone = width - front
     fast_exp = out_w.itemsize == 4  # float32 weights: the vectorised exp
+    scale_log2 = np.float32(scale * _LOG2E)  # exp(x) = 2**(x log2 e)
     per_image = (pixels + CHUNK - 1) // CHUNK
     for task in numba.prange(n * per_image):
         image = task // per_image
         start = (task - image * per_image) * CHUNK
         length = min(pixels - start, CHUNK)
+        # Cells, vectorised over the chunk; pixels off the table (or NaN) read cell 0 and are redone.
+        pa = np.zeros(CHUNK, ab.dtype)
+        pb = np.zeros(CHUNK, ab.dtype)
+        pa[:length] = ab[image, 0, start : start + length]
+        pb[:length] = ab[image, 1, start : start + length]
+        cells = np.empty(CHUNK, np.int64)
+        off = np.empty(CHUNK, np.bool_)
+        for q in range(CHUNK):
+            sa = pa[q] * inv_cell + offset_a
+            sb = pb[q] * inv_cell + offset_b
+            inside = (sa >= 0) & (sa < n_cells_a) & (sb >= 0) & (sb < n_cells_b)
+            cells[q] = np.int64(sa if inside else 0.0) * n_cells_b + np.int64(sb if inside else 0.0)
+            off[q] = not inside
+        # Distances along each pixel's table row, stored as columns: dist[slot, pixel].
         dist = np.empty((width, CHUNK), ab.dtype)
         slot = np.empty((width, CHUNK), np.float32)
         row = np.empty(padded, ab.dtype)
-        special = np.empty(CHUNK, np.int64)
-        special_row = np.empty(CHUNK, np.int64)
-        n_special = 0
         for q in range(CHUNK):
-            cell = 0
-            a = ab[image, 0, start + q] if q < length else 0.0
-            b = ab[image, 1, start + q] if q < length else 0.0
-            sa = a * inv_cell + offset_a
-            sb = b * inv_cell + offset_b
-            if sa >= 0 and sa < n_cells_a and sb >= 0 and sb < n_cells_b:
-                cell = int(sa) * n_cells_b + int(sb)
-                if main[cell, 0, 0] < 0:
-                    special_row[n_special] = int(-1.0 - main[cell, 0, 0])
-                    special[n_special] = q
-                    n_special += 1
-                    cell = 0
-            elif q < length:
-                special_row[n_special] = -1
-                special[n_special] = q
-                n_special += 1
+            cell = cells[q]
+            a = pa[q]
+            b = pb[q]
             for j in range(padded):
                 da = a - main[cell, 1, j]
                 db = b - main[cell, 2, j]
@@ -221,61 +201,91 @@ def soft_encode_kernel(
             for j in range(width):
                 dist[j, q] = row[j]
                 slot[j, q] = main[cell, 0, j]
-        # Rank the zone: how many zone slots are nearer (or as near with a lower bin).
-        rank = np.zeros((zone, CHUNK), np.int32)
-        for zi in range(zone):
-            for yi in range(zone):
-                if yi != zi:
-                    z = front + zi
-                    y = front + yi
-                    for q in range(CHUNK):
-                        ahead = dist[y, q] < dist[z, q] or (dist[y, q] == dist[z, q] and slot[y, q] < slot[z, q])
-                        rank[zi, q] += ahead
-        # Output rows: the sure slots, then the zone's slots of rank 0 .. select - 1.
-        weights = np.empty((k, CHUNK), out_w.dtype)
-        bins = np.empty((k, CHUNK), np.float32)
-        for j in range(front):
-            for q in range(CHUNK):
-                weights[j, q] = dist[j, q]
-                bins[j, q] = slot[j, q]
-        for s in range(select):
-            for zi in range(zone):
+        special = np.empty(CHUNK, np.int64)
+        special_row = np.empty(CHUNK, np.int64)
+        n_special = 0
+        for q in range(length):
+            if off[q] or slot[0, q] < 0:
+                special_row[n_special] = -1 if off[q] else int(-1.0 - slot[0, q])
+                special[n_special] = q
+                n_special += 1
+        # The zone's `select` nearest (ties towards the lower bin): each zone row is inserted,
+        # branch-free, into a sorted list of `select` rows, then the list becomes rows front .. k-1.
+        best_d = np.full((select, CHUNK), np.inf, ab.dtype)
+        best_i = np.full((select, CHUNK), np.inf, np.float32)
+        carry_d = np.empty(CHUNK, ab.dtype)
+        carry_i = np.empty(CHUNK, np.float32)
+        for z in range(front, width):
+            carry_d[:] = dist[z]
+            carry_i[:] = slot[z]
+            for s in range(select):
                 for q in range(CHUNK):
-                    take = rank[zi, q] == s
-                    weights[front + s, q] = dist[front + zi, q] if take else weights[front + s, q]
-                    bins[front + s, q] = slot[front + zi, q] if take else bins[front + s, q]
-        # Weights: exp(-scale * (d - nearest)), normalised.
-        nearest = np.empty(CHUNK, out_w.dtype)
-        nearest[:] = weights[0]
+                    cd = carry_d[q]
+                    ci = carry_i[q]
+                    bd = best_d[s, q]
+                    bi = best_i[s, q]
+                    ahead = (cd < bd) | ((cd == bd) & (ci < bi))
+                    best_d[s, q] = cd if ahead else bd
+                    best_i[s, q] = ci if ahead else bi
+                    carry_d[q] = bd if ahead else cd
+                    carry_i[q] = bi if ahead else ci
+        for s in range(select):
+            dist[front + s] = best_d[s]
+            slot[front + s] = best_i[s]
+        # Weights exp(-scale * (d - nearest)), summed per pixel and normalised as they are written.
+        nearest = dist[0].copy()
         for j in range(1, k):
             for q in range(CHUNK):
-                nearest[q] = min(nearest[q], weights[j, q])
-        for j in range(k):
-            for q in range(CHUNK):
-                weights[j, q] = (nearest[q] - weights[j, q]) * scale
-        flat = weights.reshape(k * CHUNK)
+                nearest[q] = min(nearest[q], dist[j, q])
+        weights = np.empty((k, CHUNK), out_w.dtype)
+        total = np.zeros(CHUNK, out_w.dtype)
         if fast_exp:
-            power = np.empty(k * CHUNK, np.float32)
-            _exp_(flat, power, power.view(np.int32))
+            # 2**t = 2**round(t) (built in the exponent bits) * 2**f, |f| <= 1/2 (a polynomial).
+            power = np.empty(CHUNK, np.float32)
+            bits = power.view(np.int32)
+            poly = np.empty(CHUNK, np.float32)
+            for j in range(k):
+                for q in range(CHUNK):
+                    t = max((nearest[q] - dist[j, q]) * scale_log2, np.float32(_MIN_EXP2))
+                    r = np.floor(t + np.float32(0.5))
+                    f = t - r
+                    p = np.float32(_C7) * f + np.float32(_C6)
+                    p = p * f + np.float32(_C5)
+                    p = p * f + np.float32(_C4)
+                    p = p * f + np.float32(_C3)
+                    p = p * f + np.float32(_C2)
+                    p = p * f + np.float32(_C1)
+                    poly[q] = p * f + np.float32(1.0)
+                    bits[q] = (np.int32(r) + np.int32(127)) << np.int32(23)
+                for q in range(CHUNK):
+                    w = poly[q] * power[q]
+                    weights[j, q] = w
+                    total[q] += w
         else:
-            for e in range(flat.size):
-                flat[e] = math.exp(flat[e])
-        total = np.empty(CHUNK, out_w.dtype)
-        total[:] = weights[0]
-        for j in range(1, k):
-            for q in range(CHUNK):
-                total[q] += weights[j, q]
+            for j in range(k):
+                for q in range(CHUNK):
+                    w = math.exp((nearest[q] - dist[j, q]) * scale)
+                    weights[j, q] = w
+                    total[q] += w
         for q in range(CHUNK):
             total[q] = 1.0 / total[q]
         for j in range(k):
-            for q in range(CHUNK):
-                weights[j, q] *= total[q]
+            # 1-D views indexed from 0: the stores vectorise (``start + q`` would compile to scatters,
+            # as numba cannot rule out a negative index).
+            dst_idx = out_idx[image, j, start : start + length]
+            dst_w = out_w[image, j, start : start + length]
+            for q in range(length):
+                dst_idx[q] = np.int64(slot[j, q])
+                dst_w[q] = weights[j, q] * total[q]
+        # The few special pixels (overflow cells, off the table, NaN), one by one.
+        one_bin = np.empty((k, 1), np.float32)
+        one_w = np.empty((k, 1), out_w.dtype)
         for t in range(n_special):
             q = special[t]
             _special_pixel(
-                ab[image, 0, start + q],
-                ab[image, 1, start + q],
-                q,
+                pa[q],
+                pb[q],
+                0,
                 special_row[t],
                 overflow,
                 overflow_select,
@@ -283,10 +293,9 @@ def soft_encode_kernel(
                 centers,
                 k,
                 scale,
-                bins,
-                weights,
+                one_bin,
+                one_w,
             )
-        for j in range(k):
-            for q in range(length):
-                out_idx[image, j, start + q] = np.int64(bins[j, q])
-                out_w[image, j, start + q] = weights[j, q]
+            for j in range(k):
+                out_idx[image, j, start + q] = np.int64(one_bin[j, 0])
+                out_w[image, j, start + q] = one_w[j, 0]
