@@ -51,6 +51,7 @@ import threading
 import numpy as np
 import torch
 
+from sslbench.colour._backends import check_backend, empty, run_kernel, uses_kernel
 from sslbench.colour._blocks import iter_blocks
 from sslbench.colour.bins import ABBins
 from sslbench.colour.lab import AB_GAMUT_RANGE
@@ -67,7 +68,6 @@ _DROP = 1e30  # added to a taken row's distance
 _MAX_BINS = 1 << 20  # bin indices travel as float32, exact below 2**24
 _TOP_LEVEL = 4  # the build starts from squares of 2**4 cells and splits those that need it
 _BUILD_CHUNK = 8192  # regions per chunk while building
-_BACKENDS = ("auto", "torch", "numba")
 _VECTOR = 16  # the CPU kernel's table rows are padded to a multiple of this many slots
 
 
@@ -333,7 +333,7 @@ class SoftEncoder:
             raise ValueError(f"k must be in [1, {num_bins}], got {k}")
         if sigma <= 0:
             raise ValueError("sigma must be positive")
-        self.backend = _check_backend(backend)
+        self.backend = check_backend(backend)
         self._kernel_tables: _KernelTables | None = None
         self.k, self.sigma, self.cell_size = k, float(sigma), float(cell_size)
         self.block_pixels = 1 << 15
@@ -381,7 +381,7 @@ class SoftEncoder:
         k, pixels = self.k, h * w
         flat = ab.detach().reshape(n, 2, pixels).to(dtype)  # targets: not differentiable
         if out is None:
-            result = (_empty((n, k, h, w), torch.long, ab.device), _empty((n, k, h, w), dtype, ab.device))
+            result = (empty((n, k, h, w), torch.long, ab.device), empty((n, k, h, w), dtype, ab.device))
         else:
             result = out
             for tensor, want in zip(result, (torch.long, dtype)):
@@ -391,7 +391,7 @@ class SoftEncoder:
         if n * pixels == 0:
             return result
         scale = 1.0 / (2.0 * (self.sigma if sigma is None else float(sigma)) ** 2)
-        if self._uses_kernel(self.backend if backend is None else _check_backend(backend)):
+        if uses_kernel(self.backend if backend is None else backend, ab.device):
             self._run_kernel(flat, indices, weights, scale)
             return result
         outside = self._outside(flat)
@@ -403,47 +403,33 @@ class SoftEncoder:
         self._fix_special(flat, indices, weights, outside, scale)
         return result
 
-    def _uses_kernel(self, backend: str) -> bool:
-        if self.device.type != "cpu":
-            if backend == "numba":
-                raise ValueError(f"the numba back end runs on CPU only; this encoder is on {self.device}")
-            return False
-        return backend != "torch"
-
     def _run_kernel(self, flat: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, scale: float) -> None:
         """The fused CPU kernel on (N, 2, P) ab into (N, k, P) views, with torch's thread count."""
-        import numba
-
         from sslbench.colour._soft_encoding_cpu import soft_encode_kernel
 
         if self._kernel_tables is None:
             self._kernel_tables = _KernelTables.build(self)
         tables = self._kernel_tables
         a0, na, b0, nb = self._range
-        threads = torch.get_num_threads()
-        numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-        try:
-            soft_encode_kernel(
-                flat.contiguous().numpy(),
-                indices.numpy(),
-                weights.numpy(),
-                tables.main,
-                tables.width,
-                self._main.select,
-                tables.overflow,
-                tables.overflow_select,
-                tables.overflow_width,
-                tables.centers,
-                0.5 - a0,
-                0.5 - b0,
-                1.0 / self.cell_size,
-                na,
-                nb,
-                scale,
-            )
-        finally:
-            # numba's OpenMP layer shares torch's OpenMP runtime and leaves its own thread count there.
-            torch.set_num_threads(threads)
+        run_kernel(
+            soft_encode_kernel,
+            flat.contiguous().numpy(),
+            indices.numpy(),
+            weights.numpy(),
+            tables.main,
+            tables.width,
+            self._main.select,
+            tables.overflow,
+            tables.overflow_select,
+            tables.overflow_width,
+            tables.centers,
+            0.5 - a0,
+            0.5 - b0,
+            1.0 / self.cell_size,
+            na,
+            nb,
+            scale,
+        )
 
     def _scaled(self, ab: torch.Tensor) -> torch.Tensor:
         """(n, 2, L) ab -> table cell coordinates as floats (cell j holds [j, j + 1))."""
@@ -603,23 +589,6 @@ class _KernelTables:
         width = np.concatenate([np.full(t.n_rows, t.width) for t in encoder._overflow] + [np.zeros(0, np.int64)])
         centers = encoder._centers.detach().to("cpu", torch.float64).numpy().copy()
         return cls(main, encoder._main.width, overflow, select.astype(np.int64), width.astype(np.int64), centers)
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A fresh tensor; on CPU allocated by numpy, which asks Linux for transparent huge pages.
-
-    The soft-encoding outputs are large (120 bytes per pixel) and written once: with 4 KiB pages,
-    their first-touch page faults took about half as long as the CPU kernel itself.
-    """
-    if device.type != "cpu":
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.from_numpy(np.empty(shape, dtype=torch.empty((), dtype=dtype).numpy().dtype))
-
-
-def _check_backend(backend: str) -> str:
-    if backend not in _BACKENDS:
-        raise ValueError(f"backend must be one of {', '.join(_BACKENDS)}, got {backend!r}")
-    return backend
 
 
 _ENCODERS: dict[tuple, SoftEncoder] = {}
