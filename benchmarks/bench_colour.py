@@ -3,7 +3,8 @@
 Two workloads, each timed side by side with its reference in one run:
 
 * **Lab conversion**: ``skimage.color.rgb2lab`` image by image (as the reference code does) vs
-  :func:`sslbench.colour.rgb_uint8_to_lab` on the whole uint8 batch;
+  :func:`sslbench.colour.rgb_uint8_to_lab` on the whole uint8 batch (its compiled CPU kernel, and
+  for comparison its torch path, the one CUDA runs);
 * **soft-encoding** (Zhang et al.): sklearn ``NearestNeighbors(n_neighbors=10, algorithm="ball_tree")``
   fitted on the bin centres, ``kneighbors`` on all pixels, then Gaussian weights (the reference
   code's way) vs :func:`sslbench.colour.soft_encode` (its compiled CPU kernel, and for comparison its
@@ -94,8 +95,8 @@ def lab_reference(work: Workload) -> list[np.ndarray]:
     return [rgb2lab(image) for image in work.arrays]
 
 
-def lab_sslbench(work: Workload) -> torch.Tensor:
-    return rgb_uint8_to_lab(work.tensor)
+def lab_sslbench(work: Workload, backend: str = "auto") -> torch.Tensor:
+    return rgb_uint8_to_lab(work.tensor, backend=backend)
 
 
 class SklearnSoftEncoder:
@@ -122,9 +123,9 @@ def softenc_sslbench(ab: torch.Tensor, bins: ABBins, backend: str = "auto") -> t
 # Equivalence checks (run once per workload, untimed).
 
 
-def check_lab(work: Workload) -> float:
+def check_lab(work: Workload, backend: str = "auto") -> float:
     reference = np.stack(lab_reference(work))
-    got = lab_sslbench(work).permute(0, 2, 3, 1).double().numpy()
+    got = lab_sslbench(work, backend).permute(0, 2, 3, 1).double().numpy()
     err = float(np.abs(got - reference).max())
     assert err <= 1e-3, f"Lab differs from skimage by {err}"
     return err
@@ -192,14 +193,18 @@ WORKLOAD_IDS = ["camvid256", "cifar32"]
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=WORKLOAD_IDS)
-@pytest.mark.parametrize("side", ["skimage", "sslbench"])
+@pytest.mark.parametrize("side", ["skimage", "sslbench", "sslbench-torch-path"])
 def test_lab(benchmark, workloads, which, side):
     work = workloads[which]
     benchmark.group = f"lab conversion: {work.name}"
-    check_lab(work)
-    fn = (lambda: lab_reference(work)) if side == "skimage" else (lambda: lab_sslbench(work))
+    backend = "torch" if side == "sslbench-torch-path" else "auto"
+    check_lab(work, backend)
+    fn = (lambda: lab_reference(work)) if side == "skimage" else (lambda: lab_sslbench(work, backend))
     benchmark.pedantic(fn, rounds=5 if side == "skimage" else 20, warmup_rounds=1)
-    _record(benchmark, "lab", work, side)
+    if side == "sslbench-torch-path":
+        _record(benchmark, "lab, torch path", work, "sslbench")
+    else:
+        _record(benchmark, "lab", work, side)
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=WORKLOAD_IDS)
@@ -226,7 +231,7 @@ def results_table(results: dict[tuple[str, str], dict[str, float]]) -> str:
     ]
     for (task, name), sides in results.items():
         reference_sides = results.get((task.split(",")[0], name), {})  # variants share their task's reference
-        ref = sides.get("skimage", sides.get("sklearn", reference_sides.get("sklearn")))
+        ref = next((s[side] for s in (sides, reference_sides) for side in ("skimage", "sklearn") if side in s), None)
         ours = sides.get("sslbench")
         if ref is None or ours is None:
             continue
@@ -261,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str], dict[str, float]] = {}
     for work in works:
         check_lab(work)
+        check_lab(work, "torch")
         ab = lab_sslbench(work)[:, 1:].contiguous()
         check_softenc(ab, bins, sklearn_encoder)
         slow = max(2, args.repeats // 2)
@@ -268,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             "skimage": work.count / _time(functools.partial(lab_reference, work), slow),
             "sslbench": work.count / _time(functools.partial(lab_sslbench, work), args.repeats),
         }
+        lab_torch = functools.partial(lab_sslbench, work, "torch")
+        results[("lab, torch path", work.name)] = {"sslbench": work.count / _time(lab_torch, args.repeats)}
         reference = work.count / _time(functools.partial(sklearn_encoder, ab), slow)
         results[("soft-encoding", work.name)] = {
             "sklearn": reference,

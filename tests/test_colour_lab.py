@@ -53,10 +53,14 @@ def _real_images(shared_data: Path) -> np.ndarray:
     return np.stack(images)
 
 
-def test_rgb_to_lab_matches_skimage_on_cube_sample():
+UINT8_BACKENDS = ["numba", "torch"]  # the CPU kernel, and the torch path (the one CUDA runs)
+
+
+@pytest.mark.parametrize("backend", UINT8_BACKENDS)
+def test_rgb_to_lab_matches_skimage_on_cube_sample(backend):
     colours = _cube_sample()
     reference = color.rgb2lab(colours[None].astype(np.float64) / 255.0)[0]
-    lab = rgb_uint8_to_lab(_as_image(colours))[0, :, :, 0].T.double().numpy()
+    lab = rgb_uint8_to_lab(_as_image(colours), backend=backend)[0, :, :, 0].T.double().numpy()
     assert np.abs(lab - reference).max() <= TOL
     float_lab = rgb_to_lab(_as_image(colours).float() / 255.0)[0, :, :, 0].T.double().numpy()
     assert np.abs(float_lab - reference).max() <= TOL
@@ -74,10 +78,11 @@ def test_rgb_to_lab_float64_is_skimage_to_rounding():
     assert np.abs(lab - reference).max() < 2.5e-4
 
 
-def test_rgb_to_lab_matches_skimage_on_real_images(shared_data):
+@pytest.mark.parametrize("backend", UINT8_BACKENDS)
+def test_rgb_to_lab_matches_skimage_on_real_images(shared_data, backend):
     images = _real_images(shared_data)
     reference = np.stack([color.rgb2lab(im) for im in images])
-    lab = rgb_uint8_to_lab(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+    lab = rgb_uint8_to_lab(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), backend=backend)
     assert np.abs(lab.permute(0, 2, 3, 1).double().numpy() - reference).max() <= TOL
     back = lab_to_rgb(lab).permute(0, 2, 3, 1).double().numpy()
     assert np.abs(back - images / 255.0).max() <= TOL
@@ -138,9 +143,59 @@ def test_extreme_lab_gives_finite_clipped_rgb_and_gradients():
 
 def test_uint8_helper_equals_float_path():
     colours = torch.from_numpy(_cube_sample()[::5].T.copy())[None, :, :, None]
-    assert torch.allclose(rgb_uint8_to_lab(colours), rgb_to_lab(colours.float() / 255.0), rtol=0, atol=1e-4)
+    lab = rgb_uint8_to_lab(colours, backend="torch")
+    assert torch.allclose(lab, rgb_to_lab(colours.float() / 255.0), rtol=0, atol=1e-4)
     with pytest.raises(TypeError):
         rgb_uint8_to_lab(colours.float())
+
+
+def test_uint8_kernel_matches_skimage_over_the_whole_cube():
+    # Every 8-bit colour.  The kernel takes Lab's f(t) branch exactly as skimage does (the torch path
+    # blends the branches, which costs up to 2e-4 in a); measured 1.5e-4 in a, 3e-5 in L, 7e-5 in b.
+    values = np.arange(256, dtype=np.uint8)
+    cube = np.stack(np.meshgrid(values, values, values, indexing="ij"), -1).reshape(-1, 3)
+    lab = rgb_uint8_to_lab(_as_image(cube), backend="numba")[0, :, :, 0].T.numpy()
+    for part in np.array_split(np.arange(len(cube)), 8):
+        reference = color.rgb2lab(cube[part][None].astype(np.float64) / 255.0)[0]
+        assert np.abs(lab[part] - reference).max() <= 2e-4
+
+
+def test_uint8_backends_agree_on_real_images(shared_data):
+    images = torch.from_numpy(_real_images(shared_data)).permute(0, 3, 1, 2)  # not contiguous
+    kernel = rgb_uint8_to_lab(images, backend="numba")
+    assert kernel.dtype == torch.float32 and kernel.shape == images.shape
+    assert (kernel - rgb_uint8_to_lab(images, backend="torch")).abs().max() <= 3e-4
+    assert torch.equal(rgb_uint8_to_lab(images), kernel)  # "auto" on CPU is the kernel
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_uint8_kernel_casts_to_16_bit(dtype):
+    colours = _as_image(_cube_sample()[::7])
+    lab = rgb_uint8_to_lab(colours, dtype=dtype)
+    assert lab.dtype == dtype
+    assert torch.equal(lab, rgb_uint8_to_lab(colours, backend="numba").to(dtype))
+
+
+def test_uint8_kernel_edge_cases():
+    assert rgb_uint8_to_lab(torch.zeros(0, 3, 4, 4, dtype=torch.uint8)).shape == (0, 3, 4, 4)
+    odd = torch.randint(0, 256, (3, 3, 37, 41), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    assert (rgb_uint8_to_lab(odd, backend="numba") - rgb_uint8_to_lab(odd, backend="torch")).abs().max() <= 3e-4
+    float64 = rgb_uint8_to_lab(odd, dtype=torch.float64)  # "auto" takes the torch path for float64
+    assert float64.dtype == torch.float64
+    with pytest.raises(ValueError, match="float32"):
+        rgb_uint8_to_lab(odd, dtype=torch.float64, backend="numba")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        rgb_uint8_to_lab(odd, backend="fast")
+
+
+def test_uint8_kernel_keeps_torch_thread_count():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        rgb_uint8_to_lab(torch.zeros(2, 3, 40, 40, dtype=torch.uint8), backend="numba")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_gamut_constants_match_the_cube():
@@ -175,7 +230,11 @@ def test_rejects_bad_shapes():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
-    rgb = _as_image(_cube_sample()).float() / 255.0
+    colours = _as_image(_cube_sample())
+    assert (rgb_uint8_to_lab(colours.cuda()).cpu() - rgb_uint8_to_lab(colours)).abs().max() < 3e-4
+    with pytest.raises(ValueError, match="CPU only"):
+        rgb_uint8_to_lab(colours.cuda(), backend="numba")
+    rgb = colours.float() / 255.0
     lab = rgb_to_lab(rgb)
     lab_gpu = rgb_to_lab(rgb.cuda())
     assert lab_gpu.device.type == "cuda"

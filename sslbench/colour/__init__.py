@@ -1,10 +1,11 @@
 """Colour-space conversion, ab quantisation, soft-encoding, rebalancing and decoding for colorization.
 
 The one place in sslbench where these live; everything is batched (N, C, H, W), on any device and
-float dtype, in torch (no skimage/sklearn/scipy), except the CPU path of soft-encoding, a kernel
-compiled with numba.  Modules:
+float dtype, in torch (no skimage/sklearn/scipy), except the CPU paths of soft-encoding and of 8-bit
+sRGB -> Lab, kernels compiled with numba (:mod:`~sslbench.colour._backends` says which runs).  Modules:
 
-* :mod:`~sslbench.colour.lab`: sRGB <-> CIE Lab, L/ab normalisation conventions;
+* :mod:`~sslbench.colour.lab`: sRGB <-> CIE Lab, L/ab normalisation conventions (the uint8 CPU kernel
+  is :mod:`~sslbench.colour._lab_cpu`);
 * :mod:`~sslbench.colour.bins`: quantised ab bins (from data, from the sRGB gamut, from Zhang's files);
 * :mod:`~sslbench.colour.soft_encoding`: exact k-nearest-bin soft targets and the sparse cross-entropy
   (its CPU kernel is :mod:`~sslbench.colour._soft_encoding_cpu`);

@@ -1,4 +1,4 @@
-"""sRGB <-> CIE Lab conversion in torch, batched and device-agnostic.
+"""sRGB <-> CIE Lab conversion, batched and device-agnostic (torch, and a compiled kernel on CPU).
 
 The single place in sslbench where colour spaces are converted and where the inputs of colorization
 networks are normalised.  Conventions (identical to ``skimage.color.rgb2lab``/``lab2rgb``, which the
@@ -21,6 +21,10 @@ matrices are applied with one batched matmul each, the -16 of L folded into the 
 disabled inside (a half-precision matmul would cost ~0.1 in L).  Without autograd, CPU batches are
 processed in cache-sized blocks (:mod:`sslbench.colour._blocks`) written straight into the output;
 when the input requires grad, the computation is out of place and differentiable.
+
+On CPU, 8-bit input with a float32 (or 16-bit) result, the data pipeline's case, goes through a compiled
+kernel (:mod:`sslbench.colour._lab_cpu`) that fuses the same steps into one pass, about three times
+faster; ``backend="torch"`` forces the torch path, which the GPU runs.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import math
 
 import torch
 
+from sslbench.colour._backends import empty, run_kernel, uses_kernel
 from sslbench.colour._blocks import iter_blocks
 
 __all__ = [
@@ -232,12 +237,14 @@ def _rgb_to_lab(
     return torch.baddbmm(offset, weights, f, out=out)
 
 
-def rgb_uint8_to_lab(rgb: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def rgb_uint8_to_lab(rgb: torch.Tensor, dtype: torch.dtype = torch.float32, backend: str = "auto") -> torch.Tensor:
     """Convert 8-bit sRGB images to CIE Lab.
 
     Args:
         rgb: (N, 3, H, W) uint8 tensor (0..255), on any device.
         dtype: floating dtype of the result.
+        backend: ``"auto"`` (on CPU, the compiled kernel of :mod:`sslbench.colour._lab_cpu` for float32
+            and 16-bit results; torch elsewhere and for float64), ``"torch"`` or ``"numba"``.
 
     Returns:
         (N, 3, H, W) Lab tensor of ``dtype`` on ``rgb``'s device, L in [0, 100].
@@ -248,6 +255,10 @@ def rgb_uint8_to_lab(rgb: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
     compute = _compute_dtype(dtype)
     n, _, h, w = rgb.shape
     flat = rgb.reshape(n, 3, h * w)
+    if uses_kernel(backend, rgb.device) and compute == torch.float32:
+        return _uint8_to_lab_kernel(flat).view(n, 3, h, w).to(dtype)
+    if backend == "numba":
+        raise ValueError("the numba back end of rgb_uint8_to_lab computes in float32; use backend='torch' for float64")
     out = torch.empty(n, 3, h * w, dtype=dtype, device=rgb.device)
     table = _linear_table(compute, rgb.device)
     for images, pixels in iter_blocks(n, h * w, rgb.device):
@@ -259,6 +270,18 @@ def rgb_uint8_to_lab(rgb: torch.Tensor, dtype: torch.dtype = torch.float32) -> t
         else:
             target.copy_(_rgb_to_lab(linear, linear=True))
     return out.view(n, 3, h, w)
+
+
+def _uint8_to_lab_kernel(flat: torch.Tensor) -> torch.Tensor:
+    """(N, 3, P) uint8 on CPU -> (N, 3, P) float32 Lab, by the compiled kernel."""
+    from sslbench.colour._lab_cpu import rgb_uint8_to_lab_kernel
+
+    lab = empty(tuple(flat.shape), torch.float32, flat.device)
+    if flat.numel():
+        m_xyz, _ = _matrices(torch.float64, flat.device)
+        table = _linear_table(torch.float32, flat.device)
+        run_kernel(rgb_uint8_to_lab_kernel, flat.contiguous().numpy(), table.numpy(), m_xyz.numpy(), lab.numpy())
+    return lab
 
 
 @functools.lru_cache(maxsize=32)
