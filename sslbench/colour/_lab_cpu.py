@@ -22,14 +22,15 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_REORDER_ONLY = {"reassoc", "contract", "arcp", "nsz"}
+from sslbench.colour._soft_encoding_cpu import REORDER_ONLY
+
 CHUNK = 1024  # pixels per task: three rows of CHUNK float32 stay in L1
 _CBRT_MAGIC = 709958130  # fdlibm's B1: bits(t) / 3 + B1 is a first guess of cbrt(t) for normal t
 _EPS = 0.008856  # Lab f(t): cube root above, linear below (constants as in skimage)
 _KAPPA = 7.787
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=_REORDER_ONLY)
+@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=REORDER_ONLY)
 def rgb_uint8_to_lab_kernel(rgb: np.ndarray, table: np.ndarray, matrix: np.ndarray, out: np.ndarray) -> None:
     """8-bit sRGB (n, 3, P) -> Lab (n, 3, P) float32, in place in ``out``.
 

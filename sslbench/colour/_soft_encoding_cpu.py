@@ -43,7 +43,7 @@ import math
 import numba
 import numpy as np
 
-_REORDER_ONLY = {"reassoc", "contract", "arcp", "nsz"}  # fast-math flags that keep inf and NaN semantics
+REORDER_ONLY = {"reassoc", "contract", "arcp", "nsz"}  # fast-math flags that keep inf and NaN semantics
 CHUNK = 256  # pixels per task: the chunk's buffers (a few rows of CHUNK values) stay in L1/L2
 
 _LOG2E = 1.4426950408889634
@@ -59,7 +59,7 @@ _MIN_EXP2 = -126.0  # 2**-126 is the smallest normal float32; weights below it a
 
 
 @numba.njit(boundscheck=False, cache=True)
-def _insert(d, index, low, taken, k, q, bins, dist) -> int:
+def _insert(d, index, low, taken, k, bins, dist) -> int:
     """Insert (d, index) into the sorted k nearest ``dist[low:taken]``; returns the new ``taken``.
 
     Ties go towards the lower bin index.
@@ -67,22 +67,22 @@ def _insert(d, index, low, taken, k, q, bins, dist) -> int:
     if taken < k:
         j = taken
         taken += 1
-    elif d < dist[k - 1] or (d == dist[k - 1] and index < bins[k - 1, q]):
+    elif d < dist[k - 1] or (d == dist[k - 1] and index < bins[k - 1]):
         j = k - 1
     else:
         return taken
-    while j > low and (dist[j - 1] > d or (dist[j - 1] == d and bins[j - 1, q] > index)):
+    while j > low and (dist[j - 1] > d or (dist[j - 1] == d and bins[j - 1] > index)):
         dist[j] = dist[j - 1]
-        bins[j, q] = bins[j - 1, q]
+        bins[j] = bins[j - 1]
         j -= 1
     dist[j] = d
-    bins[j, q] = index
+    bins[j] = index
     return taken
 
 
 @numba.njit(boundscheck=False, cache=True)
-def _from_slots(a, b, table, row, select, width, k, q, bins, dist) -> None:
-    """Column q of ``bins`` and the k distances of (a, b), from row ``row`` (3, W) of ``table``.
+def _from_slots(a, b, table, row, select, width, k, bins, dist) -> None:
+    """The k ``bins`` and their distances of (a, b), from row ``row`` (3, W) of ``table``.
 
     The sure slots, then the zone's ``select`` nearest by insertion.
     """
@@ -90,17 +90,17 @@ def _from_slots(a, b, table, row, select, width, k, q, bins, dist) -> None:
     for j in range(front):
         da = a - table[row, 1, j]
         db = b - table[row, 2, j]
-        bins[j, q] = table[row, 0, j]
+        bins[j] = table[row, 0, j]
         dist[j] = da * da + db * db
     taken = front
     for z in range(front, width):
         da = a - table[row, 1, z]
         db = b - table[row, 2, z]
-        taken = _insert(da * da + db * db, table[row, 0, z], front, taken, k, q, bins, dist)
+        taken = _insert(da * da + db * db, table[row, 0, z], front, taken, k, bins, dist)
 
 
 @numba.njit(boundscheck=False, cache=True)
-def _brute_force(a, b, centers, k, q, bins, dist) -> None:
+def _brute_force(a, b, centers, k, bins, dist) -> None:
     """The k nearest of all bin centres, in float64 (for the rare pixels off the table, and NaN)."""
     a64 = np.float64(a)
     b64 = np.float64(b)
@@ -108,18 +108,19 @@ def _brute_force(a, b, centers, k, q, bins, dist) -> None:
     for c in range(centers.shape[0]):
         da = a64 - centers[c, 0]
         db = b64 - centers[c, 1]
-        taken = _insert(da * da + db * db, np.float32(c), 0, taken, k, q, bins, dist)
+        taken = _insert(da * da + db * db, np.float32(c), 0, taken, k, bins, dist)
 
 
 @numba.njit(boundscheck=False, cache=True)
-def _special_pixel(a, b, q, overflow_row, overflow, overflow_select, overflow_width, centers, k, scale, bins, weights):
-    """Bins and weights of one pixel of an overflow cell (``overflow_row >= 0``) or off the table."""
+def _special_pixel(a, b, overflow_row, overflow, overflow_select, overflow_width, centers, k, scale, bins, weights):
+    """The k ``bins`` (as floats) and ``weights`` of one pixel of an overflow cell (``overflow_row >= 0``) or off
+    the table."""
     dist = np.empty(k, np.float64)
     if overflow_row >= 0:
         select = overflow_select[overflow_row]
-        _from_slots(a, b, overflow, overflow_row, select, overflow_width[overflow_row], k, q, bins, dist)
+        _from_slots(a, b, overflow, overflow_row, select, overflow_width[overflow_row], k, bins, dist)
     else:
-        _brute_force(a, b, centers, k, q, bins, dist)
+        _brute_force(a, b, centers, k, bins, dist)
     nearest = dist[0]
     for j in range(1, k):
         nearest = min(nearest, dist[j])
@@ -128,10 +129,10 @@ def _special_pixel(a, b, q, overflow_row, overflow, overflow_select, overflow_wi
         dist[j] = math.exp((nearest - dist[j]) * scale)
         total += dist[j]
     for j in range(k):
-        weights[j, q] = dist[j] / total
+        weights[j] = dist[j] / total
 
 
-@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=_REORDER_ONLY)
+@numba.njit(parallel=True, nogil=True, cache=True, boundscheck=False, fastmath=REORDER_ONLY)
 def soft_encode_kernel(
     ab: np.ndarray,
     out_idx: np.ndarray,
@@ -278,14 +279,13 @@ def soft_encode_kernel(
                 dst_idx[q] = np.int64(slot[j, q])
                 dst_w[q] = weights[j, q] * total[q]
         # The few special pixels (overflow cells, off the table, NaN), one by one.
-        one_bin = np.empty((k, 1), np.float32)
-        one_w = np.empty((k, 1), out_w.dtype)
+        one_bin = np.empty(k, np.float32)
+        one_w = np.empty(k, out_w.dtype)
         for t in range(n_special):
             q = special[t]
             _special_pixel(
                 pa[q],
                 pb[q],
-                0,
                 special_row[t],
                 overflow,
                 overflow_select,
@@ -297,5 +297,5 @@ def soft_encode_kernel(
                 one_w,
             )
             for j in range(k):
-                out_idx[image, j, start + q] = np.int64(one_bin[j, 0])
-                out_w[image, j, start + q] = one_w[j, 0]
+                out_idx[image, j, start + q] = np.int64(one_bin[j])
+                out_w[image, j, start + q] = one_w[j]
