@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from sslbench.checkpoints import atomic_torch_save
+from sslbench.checkpoints import atomic_torch_save, load_cache_file, load_failure_reason
 from sslbench.colour import lab_to_rgb, rgb_to_lab
 from sslbench.config import canonical_json
 from sslbench.datasets.base import subset_indices
@@ -313,11 +313,16 @@ def train_judge(judge: Judge, train: Dataset, cfg: JudgeConfig, runtime: Runtime
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``path``: a bare one, or a checkpoint holding it under ``state_dict``/``model``."""
+    """A state dict from ``path``: a bare one, or a checkpoint holding it under ``state_dict``/``model``.
+
+    Read with ``weights_only=True``, so a file that pickles anything but tensors and plain containers is refused
+    before any of it runs. The file is the user's, not a cache entry: the error says how to re-save it."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad file
-        raise DataError(f"semantic.judge_weights: cannot read {path}: {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"semantic.judge_weights: cannot read {path}: {load_failure_reason(exc)}; sslbench loads "
+                        "only tensors and plain containers and ran nothing from it. Save the model's weights with "
+                        "torch.save(model.state_dict(), path)") from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -377,7 +382,7 @@ def get_judge(cfg: JudgeConfig, data: EvalData, runtime: Runtime, progress: Prog
         network = build_judge_network(cfg.judge_model, num_dataset_classes, size, cfg.judge_width_mult)
         judge = Judge(network, cfg.judge_input_size, cfg.judge_normalize).to(runtime.device)
         if file is not None and file.is_file():
-            saved = torch.load(file, map_location="cpu", weights_only=True)
+            saved = load_cache_file(file)
             _load_into(network, saved["state_dict"], str(file))
             return judge.eval(), {"source": "cache", "hash": key}
         if key in _MEMORY:

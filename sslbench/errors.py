@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import difflib
+from pathlib import Path
 from typing import Iterable
 
 
@@ -48,3 +49,16 @@ class NonFiniteLossError(SslbenchError):
 
 class IncompatibleError(UsageError):
     """A protocol needs something (labels, masks, a colorizer) that the dataset or pretext does not provide."""
+
+
+class CacheError(SslbenchError):
+    """A cached file (checkpoint, features, a trained judge) cannot be loaded safely: it is truncated, corrupt, or
+    pickles something other than tensors and plain containers. Nothing from it was executed; the message names the
+    file, and deleting it makes the next run recompute it."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(
+            f"cannot load {self.path}: {reason}. sslbench loads only tensors and plain containers and ran nothing "
+            f"from it. Delete {self.path} (a cache entry) and rerun to recompute it"
+        )

@@ -3,7 +3,8 @@
 Each tap's map is reduced to a fixed spatial size (``bilinear`` resize as in Zhang's released linear protocol,
 ``avg`` adaptive average pooling as in Goyal et al.) chosen so that channels × size² is about ``target_dims``
 (9k in the papers), then flattened. Features are extracted once per (checkpoint, tap, split, reduction) and, when a
-cache folder is given, stored there in float16 so later protocols and reruns reuse them.
+cache folder is given, stored there in float16 so later protocols and reruns reuse them (read back with
+``weights_only=True``: a bad cache file is a :class:`~sslbench.errors.CacheError` naming it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
-from sslbench.checkpoints import atomic_torch_save
+from sslbench.checkpoints import atomic_torch_save, load_cache_file
+from sslbench.errors import CacheError
 from sslbench.pretext import Representation, images_to_rgb
 from sslbench.progress import Progress
 from sslbench.runtime import Runtime
@@ -62,7 +64,7 @@ def extract_features(representation: Representation, dataset: Dataset, runtime: 
         return cache / f"{split}-{len(dataset)}-{reduction}-{target_dims}-{name}.pt"
 
     if cache is not None and all(path(n).is_file() for n in names):
-        loaded = {n: torch.load(path(n), map_location="cpu") for n in names}
+        loaded = {n: _read_cached(path(n)) for n in names}
         labels = loaded[names[0]]["labels"]
         feats = {n: loaded[n]["features"].to(runtime.device, torch.float32) for n in names}
         return feats, None if labels is None else labels.to(runtime.device)
@@ -85,6 +87,14 @@ def extract_features(representation: Representation, dataset: Dataset, runtime: 
             atomic_torch_save({"features": value.cpu(), "labels": None if labels is None else labels.cpu()},
                               path(name))
     return {n: v.float() for n, v in features.items()}, labels
+
+
+def _read_cached(path: Path) -> dict[str, Any]:
+    """One tap's cached features: tensors only (``weights_only``); :class:`CacheError` naming the file otherwise."""
+    loaded = load_cache_file(path)
+    if not isinstance(loaded, dict) or not torch.is_tensor(loaded.get("features")):
+        raise CacheError(path, "it holds no cached features (no 'features' tensor)")
+    return loaded
 
 
 def describe_features(features: dict[str, torch.Tensor]) -> dict[str, Any]:
