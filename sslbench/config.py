@@ -20,7 +20,6 @@ from sslbench.errors import UsageError
 __all__ = [
     "EmptyConfig",
     "TrainBudget",
-    "PretextRunConfig",
     "resolve_options",
     "parse_value",
     "canonical_json",
@@ -29,7 +28,7 @@ __all__ = [
 ]
 
 #: Bumped when a change to the harness makes old checkpoints incomparable.
-HARNESS_SCHEMA = 1
+HARNESS_SCHEMA = 2
 
 
 @dataclass
@@ -44,22 +43,6 @@ class TrainBudget:
     epochs: float = 5.0
     steps: int | None = None
     batch_size: int = 64
-
-
-@dataclass
-class PretextRunConfig:
-    """Everything that determines a trained pretext checkpoint; its hash names the checkpoint."""
-
-    pretext: str
-    pretext_options: dict[str, Any]
-    encoder: str
-    encoder_options: dict[str, Any]
-    dataset: str
-    dataset_options: dict[str, Any]
-    seed: int
-    budget: TrainBudget = field(default_factory=TrainBudget)
-    precision: str = "fp32"
-    harness_schema: int = HARNESS_SCHEMA
 
 
 def to_dict(obj: Any) -> Any:

@@ -1,15 +1,16 @@
-"""``sslbench run``: resolve the config, train (or reuse) each pretext once, evaluate every protocol, write records.
+"""``sslbench run``: carry out a resolved :class:`~sslbench.plan.RunPlan`.
 
-For each seed and pretext, the resolved :class:`~sslbench.config.PretextRunConfig` is hashed; the checkpoint cached
-under that hash is reused by every protocol and by later runs. Each (pretext, protocol, dataset, encoder, seed) gets
-one record; a record that exists with status ``ok`` and the same config hash is not redone (``force`` redoes it). A
-failing protocol writes a ``failed`` record and the run goes on; a protocol that needs an ability the pretext lacks
-(``colorize``) writes a ``skipped`` one. Everything the user asked for is validated before any training starts.
+For each :class:`~sslbench.plan.Unit` (dataset × encoder × variant × seed) the checkpoint named by the unit's hash is
+reused, or trained under a lock so two processes never train the same one; then every protocol whose record is
+missing, failed or stale is evaluated and its record written the moment it finishes. A failing protocol writes a
+``failed`` record and the run goes on; a protocol that needs an ability the pretext lacks (``colorize``) writes a
+``skipped`` one. ``force`` clears the unit's checkpoint and feature cache and redoes everything.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import errno
+import math
 import shutil
 import time
 import traceback
@@ -17,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from sslbench.config import PretextRunConfig, TrainBudget, config_hash, parse_value, resolve_options, to_dict
-from sslbench.errors import IncompatibleError, SslbenchError, UsageError
-from sslbench.registry import DATASETS, ENCODERS, PRETEXTS, PROTOCOLS
+from sslbench.config import TrainBudget, config_hash
+from sslbench.errors import DiskFullError, SslbenchError, UsageError
+from sslbench.plan import Evaluation, RunPlan, Unit
 
-__all__ = ["RunRequest", "RunOutcome", "run", "default_cache_dir"]
+__all__ = ["RunOutcome", "run", "default_cache_dir", "unit_status", "checkpoint_store", "features_dir"]
+
+RecordHook = Callable[[dict[str, Any]], None]
 
 
 def default_cache_dir() -> Path:
@@ -31,38 +34,12 @@ def default_cache_dir() -> Path:
 
 
 @dataclass
-class RunRequest:
-    """Everything ``sslbench run`` was asked to do."""
-
-    pretexts: list[str] = field(default_factory=lambda: ["random", "supervised", "regression"])
-    protocols: list[str] = field(default_factory=lambda: ["linear"])
-    dataset: str = "synthetic"
-    data_root: str | None = None
-    encoder: str = "vgg_small"
-    seeds: list[int] = field(default_factory=lambda: [0])
-    device: str = "auto"
-    precision: str = "fp32"
-    out: Path = Path("results/runs")
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    force: bool = False
-    budget: TrainBudget = field(default_factory=TrainBudget)
-    eval_epochs: float | None = None
-    eval_batch_size: int = 128
-    image_size: int | tuple[int, int] | None = None
-    subset: int | None = None
-    eval_subset: int | None = None
-    workers: int = 0
-    #: Training steps between resumable checkpoints (not part of any hash: it does not change results).
-    checkpoint_every: int = 200
-    #: Plugin options by plugin name (a pretext, protocol or dataset name, or ``encoder``).
-    options: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-@dataclass
 class RunOutcome:
     records: list[dict[str, Any]] = field(default_factory=list)
     trained: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    #: Units another process was training when ``wait`` was off: left for a later run.
+    deferred: list[str] = field(default_factory=list)
     done: int = 0
     cached: int = 0
 
@@ -71,204 +48,307 @@ class RunOutcome:
         return [r for r in self.records if r.get("status") == "failed"]
 
 
-def _validate(req: RunRequest) -> None:
-    if not req.pretexts or not req.protocols:
-        raise UsageError("--pretext and --protocol each need at least one name")
-    for name in req.pretexts:
-        PRETEXTS.resolve(name)
-    for name in req.protocols:
-        PROTOCOLS.resolve(name)
-    DATASETS.resolve(req.dataset)
-    ENCODERS.resolve(req.encoder)
-    known = set(req.pretexts) | set(req.protocols) | {req.dataset, "encoder"}
-    for owner in req.options:
-        if owner not in known:
-            raise UsageError(f"--set {owner}.KEY=VALUE: {owner!r} is none of this run's plugins "
-                             f"({', '.join(sorted(known))})")
-
-
-def _dataset_kwargs(req: RunRequest, split: str, subset: int | None) -> dict[str, Any]:
-    options = {k: parse_value(v) for k, v in req.options.get(req.dataset, {}).items()}
-    return {"root": req.data_root, "split": split, "image_size": req.image_size, "subset": subset, **options}
-
-
-def _protocol_options(req: RunRequest, cls: type, name: str) -> Any:
-    options = dict(req.options.get(name, {}))
-    names = {f.name for f in dataclasses.fields(cls.Config)}
-    if req.eval_epochs is not None and "epochs" in names and "epochs" not in options:
-        options["epochs"] = req.eval_epochs
-    return resolve_options(cls.Config, options, f"protocol {name!r}")
-
-
-def run(req: RunRequest, progress: Any = None, on_record: Callable[[dict[str, Any]], None] | None = None
-        ) -> RunOutcome:
-    """Do every missing (pretext, protocol, seed) of ``req``; return the records of all of them."""
+def checkpoint_store(plan: RunPlan, unit: Unit) -> Any:
     from sslbench.checkpoints import CheckpointStore
-    from sslbench.datasets import create_dataset
+
+    return CheckpointStore(plan.cache_dir, unit.variant.pretext.replace(":", "-"), unit.checkpoint_hash)
+
+
+def features_dir(plan: RunPlan, unit: Unit) -> Path:
+    """The unit's feature cache: one folder per (checkpoint, probe data, evaluation data)."""
+    key = config_hash({"checkpoint": unit.checkpoint_hash, "probe": unit.dataset.fingerprints["probe"],
+                       "eval": unit.dataset.fingerprints["eval"], "probe_images": len(unit.dataset.probe_data),
+                       "eval_images": len(unit.dataset.eval_data)})
+    return plan.cache_dir / "features" / key
+
+
+def _current(evaluation: Evaluation) -> dict[str, Any] | None:
+    from sslbench.records import read_record
+
+    existing = read_record(evaluation.path)
+    if existing and existing.get("status") in ("ok", "skipped") and existing.get("config_hash") == evaluation.hash:
+        return existing
+    return None
+
+
+def unit_status(plan: RunPlan, unit: Unit, force: bool) -> tuple[str, list[Evaluation]]:
+    """What a run would do with ``unit``: ``train``, ``reuse`` or ``none`` (untrainable) for the checkpoint, and
+    the evaluations still to do (all of them with ``force``)."""
+    pending = list(unit.evaluations) if force else [e for e in unit.evaluations if _current(e) is None]
+    if not unit.variant.pretext_cls.trainable:
+        return "none", pending
+    return ("reuse" if not force and checkpoint_store(plan, unit).has_final() else "train"), pending
+
+
+def _budget(plan: RunPlan) -> TrainBudget:
+    b = plan.experiment.budget
+    return TrainBudget(epochs=b.epochs, steps=b.steps, batch_size=b.batch_size)
+
+
+def _build_pretext(unit: Unit) -> Any:
     from sslbench.pretext import DataInfo, EncoderSpec
+
+    cfg = unit.run_config
+    image_size = tuple(cfg["image_size"]) if isinstance(cfg["image_size"], list) else cfg["image_size"]
+    spec = EncoderSpec(unit.encoder.name, unit.encoder.options,
+                       image_size if isinstance(image_size, int) else max(image_size))
+    info = DataInfo(unit.dataset.name, image_size, cfg["num_classes"], tuple(cfg["class_names"]))
+    try:
+        return unit.variant.pretext_cls(unit.variant.config, spec, info)
+    except SslbenchError:
+        raise
+    except Exception as exc:
+        raise SslbenchError(
+            f"cannot build pretext {unit.variant.pretext!r} (variant {unit.variant.name!r}) on encoder "
+            f"{unit.encoder.name!r} with options {unit.variant.options}: {type(exc).__name__}: {exc} "
+            f"(plugin from {unit.variant.provenance.get('origin', '?')})") from exc
+
+
+def _disk_full(exc: OSError, where: Path) -> DiskFullError:
+    path = Path(exc.filename) if exc.filename else where
+    probe = path if path.exists() else path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free_mb = shutil.disk_usage(probe).free / 2**20
+    return DiskFullError(f"disk full at {path}, free {free_mb:.0f} MB; finished checkpoints and records are kept. "
+                         "Free some space (or point --cache-dir/--out elsewhere) and rerun to continue.")
+
+
+def _check_room(where: Path, needed_bytes: int, what: str) -> None:
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed_bytes:
+        raise DiskFullError(f"{what} at {where} needs about {needed_bytes / 2**20:.0f} MB but only "
+                            f"{free / 2**20:.0f} MB are free; free some space or choose another folder")
+
+
+def preflight(plan: RunPlan) -> None:
+    """Fail in the first second, not after hours: ``--out`` and the cache must be writable folders."""
+    from sslbench.checkpoints import atomic_write_bytes
+
+    for folder, flag in ((plan.out, "--out"), (plan.cache_dir, "--cache-dir")):
+        probe = folder / ".sslbench-write-probe"
+        try:
+            atomic_write_bytes(probe, b"")
+            probe.unlink()
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise _disk_full(exc, folder) from exc
+            raise UsageError(f"{flag} {folder}: cannot write there ({exc.strerror or exc}); choose a writable "
+                             "folder") from exc
+
+
+def _checkpoint_bytes(pretext: Any) -> int:
+    """A resumable checkpoint holds the weights and about two optimiser moments per parameter; the final and the
+    last one can coexist for a moment."""
+    params = sum(p.numel() * p.element_size() for p in pretext.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in pretext.buffers())
+    return 2 * (3 * params + buffers) + 2**20
+
+
+def run(plan: RunPlan, *, force: bool = False, wait: bool = True, progress: Any = None,
+        on_record: RecordHook | None = None, say: Callable[[str], None] | None = None) -> RunOutcome:
+    """Do every missing evaluation of ``plan``; return the records of all of them (reused ones included)."""
     from sslbench.progress import Progress
-    from sslbench.protocol import PRETEXT_ABILITIES, EvalData
-    from sslbench.records import environment, read_record, record_path, write_record
-    from sslbench.runtime import Runtime, seed_everything
-    from sslbench.trainer import load_trained, train_pretext
+    from sslbench.records import environment
+    from sslbench.runtime import Runtime
 
-    _validate(req)
     progress = progress or Progress.disabled()
-    runtime = Runtime(req.device, req.precision, req.workers)
-    dataset_cls = DATASETS.get(req.dataset)
-    train_set = create_dataset(req.dataset, **_dataset_kwargs(req, "train", req.subset))
-    test_set = create_dataset(req.dataset, **_dataset_kwargs(req, dataset_cls.eval_split, req.eval_subset))
-    provides = set(getattr(train_set, "provides", set()))
-
-    protocol_classes = {name: PROTOCOLS.get(name) for name in req.protocols}
-    for name, cls in protocol_classes.items():
-        missing = set(cls.requires) - PRETEXT_ABILITIES - provides
-        if missing:
-            raise IncompatibleError(
-                f"protocol {name!r} needs {', '.join(sorted(missing))}, which dataset {req.dataset!r} does not "
-                f"provide (it provides: {', '.join(sorted(provides)) or 'images only'}); pick another dataset"
-            )
-    protocol_configs = {name: _protocol_options(req, cls, name) for name, cls in protocol_classes.items()}
-    pretext_classes = {name: PRETEXTS.get(name) for name in req.pretexts}
-    for name, cls in pretext_classes.items():
-        missing = set(cls.requires) - provides
-        if missing:
-            raise IncompatibleError(f"pretext {name!r} trains on {', '.join(sorted(missing))}, which dataset "
-                                    f"{req.dataset!r} does not provide")
-    pretext_configs = {name: resolve_options(cls.Config, req.options.get(name, {}), f"pretext {name!r}")
-                       for name, cls in pretext_classes.items()}
-
-    image_size = train_set.image_size
-    encoder_options = {k: parse_value(v) for k, v in req.options.get("encoder", {}).items()}
-    encoder_spec = EncoderSpec(req.encoder, encoder_options,
-                               image_size if isinstance(image_size, int) else max(image_size))
-    data_info = DataInfo(req.dataset, image_size, train_set.num_classes, tuple(train_set.class_names))
-    dataset_options = {"image_size": image_size, "subset": req.subset,
-                       **req.options.get(req.dataset, {})}
+    say = say or (lambda message: None)
+    runtime = Runtime(plan.experiment.device, plan.experiment.precision, plan.experiment.workers)
     env = environment(runtime.describe())
-    write_record = _writer(runtime, write_record)
-    data_desc = {"train": train_set.describe(), "test": test_set.describe()}
     outcome = RunOutcome()
-
-    for seed in req.seeds:
-        for pname, pcls in pretext_classes.items():
-            run_config = PretextRunConfig(
-                pretext=pname, pretext_options=to_dict(pretext_configs[pname]), encoder=req.encoder,
-                encoder_options=encoder_options, dataset=req.dataset, dataset_options=dataset_options, seed=seed,
-                budget=req.budget, precision=req.precision,
-            )
-            pretext_hash = config_hash(run_config)
-            pending = []
-            for qname in req.protocols:
-                record_config = {"pretext_run": to_dict(run_config), "protocol": qname,
-                                 "protocol_options": to_dict(protocol_configs[qname]),
-                                 "eval": {"batch_size": req.eval_batch_size, "eval_subset": req.eval_subset,
-                                          "eval_split": dataset_cls.eval_split}}
-                path = record_path(req.out, dataset=req.dataset, encoder=req.encoder, pretext=pname,
-                                   protocol=qname, seed=seed)
-                rhash = config_hash(record_config)
-                existing = read_record(path)
-                if (existing and not req.force and existing.get("status") in ("ok", "skipped")
-                        and existing.get("config_hash") == rhash):
-                    outcome.records.append(existing)
-                    outcome.cached += 1
-                    continue
-                pending.append((qname, path, rhash, record_config))
-            if not pending:
-                continue
-
-            seed_everything(seed)
-            try:
-                pretext = pcls(pretext_configs[pname], encoder_spec, data_info)
-            except (ValueError, TypeError) as exc:
-                raise UsageError(f"cannot build pretext {pname!r} on encoder {req.encoder!r} with these options: "
-                                 f"{exc}") from exc
-            label = f"{pname} seed {seed}"
-            train_info: dict[str, Any] = {"trained": False}
-            store = CheckpointStore(req.cache_dir, pname, pretext_hash)
-            try:
-                if pcls.trainable:
-                    if req.force and store.dir.exists():
-                        shutil.rmtree(store.dir)
-                    if store.has_final():
-                        summary = load_trained(pretext, store, runtime)
-                        outcome.reused.append(label)
-                    else:
-                        store.save_config(to_dict(run_config))
-                        summary = train_pretext(pretext, train_set, runtime, req.budget, store, seed, progress,
-                                                description=f"train {label}",
-                                                checkpoint_every=req.checkpoint_every)
-                        outcome.trained.append(label)
-                    train_info = {"trained": True, "checkpoint": str(store.final), "steps": summary.steps,
-                                  "epochs": summary.epochs, "wall_s": summary.wall_s,
-                                  "images_per_s": summary.images_per_s, "first_losses": summary.first_losses,
-                                  "last_losses": summary.last_losses}
-                else:
-                    pretext.to(runtime.device)
-            except SslbenchError as exc:
-                if not isinstance(exc, UsageError) and req.protocols:
-                    for qname, path, rhash, record_config in pending:
-                        _finish(outcome, on_record, write_record, path, _record(
-                            pname, qname, req, seed, record_config, rhash, pretext_hash, "failed", env, data_desc,
-                            reason=f"pretext training failed: {exc}"))
-                    continue
-                raise
-
-            for qname, path, rhash, record_config in pending:
-                qcls = protocol_classes[qname]
-                base = (pname, qname, req, seed, record_config, rhash, pretext_hash)
-                if "colorize" in qcls.requires and not pretext.can_colorize:
-                    _finish(outcome, on_record, write_record, path, _record(
-                        *base, "skipped", env, data_desc, reason=f"pretext {pname!r} does not colorize"))
-                    continue
-                seed_everything(seed)
-                protocol = qcls(protocol_configs[qname])
-                data = EvalData(train=train_set, test=test_set, batch_size=req.eval_batch_size, seed=seed,
-                                cache_dir=str(Path(req.cache_dir) / "features" / pretext_hash))
-                pretext.eval()
-                start = time.perf_counter()
-                try:
-                    metrics = protocol.evaluate(pretext, data, runtime, progress)
-                except (SslbenchError, RuntimeError, ValueError) as exc:
-                    _finish(outcome, on_record, write_record, path, _record(
-                        *base, "failed", env, data_desc, reason=f"{type(exc).__name__}: {exc}",
-                        traceback=traceback.format_exc()))
-                    continue
-                record = _record(*base, "ok", env, data_desc, metrics=metrics, train=train_info,
-                                 timings={"eval_s": time.perf_counter() - start})
-                _finish(outcome, on_record, write_record, path, record)
+    if runtime.is_main:
+        preflight(plan)
+        _remove_orphans(plan)
+    for unit in plan.units:
+        _run_unit(plan, unit, runtime, env, outcome, force=force, wait=wait, progress=progress,
+                  on_record=on_record, say=say)
     return outcome
 
 
-def _writer(runtime: Any, write: Callable[..., None]) -> Callable[..., None]:
-    """Only the main process writes records."""
-    return write if runtime.is_main else (lambda path, record: None)
+def _remove_orphans(plan: RunPlan) -> None:
+    from sslbench import checkpoints
+
+    remove = getattr(checkpoints, "remove_orphaned_temporaries", None)
+    if remove is not None:
+        for folder in (plan.cache_dir, plan.out):
+            if folder.is_dir():
+                remove(folder)
 
 
-def _finish(outcome: RunOutcome, on_record: Callable[[dict[str, Any]], None] | None, write: Callable[..., None],
-            path: Path, record: dict[str, Any]) -> None:
-    write(path, record)
-    outcome.records.append(record)
-    outcome.done += 1
-    if on_record is not None:
-        on_record(record)
+def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outcome: RunOutcome, *, force: bool,
+              wait: bool, progress: Any, on_record: RecordHook | None, say: Callable[[str], None]) -> None:
+    from sslbench.locks import CheckpointLock
+    from sslbench.runtime import seed_everything
+    from sslbench.trainer import load_trained, train_pretext
+
+    pending = list(unit.evaluations) if force else []
+    for evaluation in unit.evaluations:
+        if force:
+            continue
+        existing = _current(evaluation)
+        if existing is not None:
+            outcome.records.append(existing)
+            outcome.cached += 1
+        else:
+            pending.append(evaluation)
+    if not pending:
+        return
+    store = checkpoint_store(plan, unit)
+    if force and runtime.is_main:
+        shutil.rmtree(store.dir, ignore_errors=True)
+        shutil.rmtree(features_dir(plan, unit), ignore_errors=True)
+
+    seed_everything(unit.seed)
+    pretext = _build_pretext(unit)
+    train_info: dict[str, Any] = {"trained": False}
+    writer = _Writer(plan, unit, runtime, env, outcome, on_record)
+    try:
+        if unit.variant.pretext_cls.trainable:
+            summary = None
+            if store.has_final():
+                summary = load_trained(pretext, store, runtime)
+                outcome.reused.append(unit.label)
+            else:
+                lock = CheckpointLock(store.dir / "train.lock")
+                owner_note = lambda info: say(  # noqa: E731 - a one-line callback
+                    f"waiting for {unit.label}: its checkpoint is being trained by pid {(info or {}).get('pid')} "
+                    f"on {(info or {}).get('host')}; it will be reused when done")
+                if not lock.acquire(wait=wait, on_wait=owner_note):
+                    say(f"moving on: {unit.label} is being trained by another process (--no-wait); rerun later "
+                        "to evaluate it")
+                    outcome.deferred.append(unit.label)
+                    return
+                try:
+                    if store.has_final():
+                        summary = load_trained(pretext, store, runtime)
+                        outcome.reused.append(unit.label)
+                    else:
+                        _check_room(store.dir, _checkpoint_bytes(pretext), "a checkpoint")
+                        store.save_config(unit.run_config)
+                        summary = train_pretext(pretext, unit.train_split_data, runtime, _budget(plan), store,
+                                                unit.seed, progress, description=f"train {unit.label}",
+                                                checkpoint_every=plan.experiment.checkpoint_every)
+                        outcome.trained.append(unit.label)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise _disk_full(exc, store.dir) from exc
+                    raise
+                finally:
+                    lock.release()
+            train_info = {"trained": True, "checkpoint": str(store.final.resolve()), **summary.as_record()}
+        else:
+            pretext.to(runtime.device)
+    except DiskFullError:
+        raise
+    except SslbenchError as exc:
+        if isinstance(exc, UsageError):
+            raise
+        for evaluation in pending:
+            writer.write(evaluation, "failed", reason=f"pretext training failed: {exc}")
+        return
+
+    for evaluation in pending:
+        protocol_plan = evaluation.protocol
+        if "colorize" in protocol_plan.cls.requires and not pretext.can_colorize:
+            writer.write(evaluation, "skipped", reason=f"pretext {unit.variant.pretext!r} does not colorize")
+            continue
+        seed_everything(unit.seed)
+        protocol = protocol_plan.cls(protocol_plan.config)
+        data = _eval_data(plan, unit)
+        pretext.eval()
+        start = time.perf_counter()
+        try:
+            metrics = protocol.evaluate(pretext, data, runtime, progress)
+        except (SslbenchError, RuntimeError, ValueError) as exc:
+            if isinstance(exc, UsageError):
+                raise
+            writer.write(evaluation, "failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+            continue
+        writer.write(evaluation, "ok", metrics=metrics, train=train_info,
+                     timings={"eval_s": time.perf_counter() - start}, per_image=protocol.per_image)
 
 
-def _record(pretext: str, protocol: str, req: RunRequest, seed: int, config: dict[str, Any], rhash: str,
-            pretext_hash: str, status: str, env: dict[str, Any], data: dict[str, Any], *,
-            metrics: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
-            timings: dict[str, Any] | None = None, reason: str | None = None,
-            traceback: str | None = None) -> dict[str, Any]:
-    from sslbench.records import SCHEMA, nest
+def _eval_data(plan: RunPlan, unit: Unit) -> Any:
+    from sslbench.protocol import EvalData
 
-    record = {
-        "schema": SCHEMA, "pretext": pretext, "protocol": protocol, "dataset": req.dataset, "encoder": req.encoder,
-        "seed": seed, "status": status, "reason": reason, "config": config, "config_hash": rhash,
-        "pretext_hash": pretext_hash, "metrics": nest(metrics or {}), "train": train or {},
-        "timings": timings or {},
-        "counts": {"train_images": data["train"]["size"], "eval_images": data["test"]["size"]},
-        "data": data, "env": env,
-    }
-    if traceback:
-        record["traceback"] = traceback
-    return record
+    return EvalData(train=unit.dataset.probe_data, test=unit.dataset.eval_data,
+                    batch_size=plan.experiment.budget.eval_batch_size, seed=unit.seed,
+                    cache_dir=str(features_dir(plan, unit)))
+
+
+def non_finite_metrics(metrics: dict[str, Any]) -> list[str]:
+    """Names of metrics that are NaN or infinite."""
+    return [k for k, v in metrics.items()
+            if isinstance(v, float) and not math.isfinite(v)]
+
+
+class _Writer:
+    """Builds and writes the records of one unit (main process only), and reports them."""
+
+    def __init__(self, plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outcome: RunOutcome,
+                 on_record: RecordHook | None) -> None:
+        self.plan, self.unit, self.runtime, self.env = plan, unit, runtime, env
+        self.outcome, self.on_record = outcome, on_record
+
+    def write(self, evaluation: Evaluation, status: str, *, metrics: dict[str, Any] | None = None,
+              train: dict[str, Any] | None = None, timings: dict[str, Any] | None = None, reason: str | None = None,
+              traceback: str | None = None, per_image: dict[str, Any] | None = None) -> None:
+        from sslbench.records import SCHEMA, nest, write_per_image, write_record
+
+        metrics = dict(metrics or {})
+        bad = non_finite_metrics(metrics)
+        if bad and status == "ok":
+            status, reason = "failed", f"metric(s) not finite: {', '.join(bad)}"
+        for key in bad:
+            metrics[key] = None
+        unit, plan = self.unit, self.plan
+        data = {"pretext": unit.train_split_data.describe(), "probe": unit.dataset.probe_data.describe(),
+                "eval": unit.dataset.eval_data.describe()}
+        record = {
+            "schema": SCHEMA, "experiment": plan.experiment.name, "variant": unit.variant.name,
+            "pretext": unit.variant.pretext, "variant_options": unit.variant.differs,
+            "protocol": evaluation.protocol.name, "dataset": unit.dataset.name, "encoder": unit.encoder.name,
+            "seed": unit.seed, "status": status, "reason": reason, "config": evaluation.config,
+            "config_hash": evaluation.hash, "pretext_hash": unit.checkpoint_hash, "metrics": nest(metrics),
+            "train": train or {}, "timings": timings or {},
+            "counts": {"train_images": len(unit.train_split_data), "probe_images": len(unit.dataset.probe_data),
+                       "eval_images": len(unit.dataset.eval_data)},
+            "data": data, "plan": {**unit.dataset.describe(), "seed": unit.seed},
+            "plugins": {"pretext": unit.variant.provenance, "protocol": evaluation.protocol.provenance,
+                        "encoder": unit.encoder.provenance},
+            "env": self.env,
+        }
+        if traceback:
+            record["traceback"] = traceback
+        if self.runtime.is_main:
+            try:
+                write_record(evaluation.path, record)
+                if per_image:
+                    write_per_image(evaluation.path, per_image)
+                _write_bad_images(evaluation.path.parent, unit)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise _disk_full(exc, evaluation.path) from exc
+                raise
+        self.outcome.records.append(record)
+        self.outcome.done += 1
+        if self.on_record is not None:
+            self.on_record(record)
+
+
+def _write_bad_images(folder: Path, unit: Unit) -> None:
+    """List the files the unit's splits skipped (path and reason) once, in ``bad_images.txt`` beside the records."""
+    try:
+        from sslbench.datasets.bad_images import write_bad_images_file
+    except ImportError:
+        return
+    bad = []
+    for split in (unit.dataset.pretext_data, unit.dataset.probe_data, unit.dataset.eval_data):
+        for part in getattr(split, "parts", [split]):
+            bad.extend(getattr(part, "bad_images", []))
+    if bad:
+        write_bad_images_file(folder / "bad_images.txt", bad)

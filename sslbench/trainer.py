@@ -38,6 +38,10 @@ class TrainSummary:
     images_per_s: float = 0.0
     resumed_from_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    #: One entry per resume: the step it resumed from and when (Unix time).
+    resumes: list[dict[str, float]] = field(default_factory=list)
+    #: Training processes that contributed (1 + the number of resumes).
+    sessions: int = 1
 
     @property
     def first_losses(self) -> dict[str, float]:
@@ -46,6 +50,12 @@ class TrainSummary:
     @property
     def last_losses(self) -> dict[str, float]:
         return self.history[-1] if self.history else {}
+
+    def as_record(self) -> dict[str, Any]:
+        """The record's ``train`` block: totals over every process that trained this checkpoint."""
+        return {"steps": self.steps, "epochs": self.epochs, "images": self.images, "wall_s": self.wall_s,
+                "images_per_s": self.images_per_s, "sessions": self.sessions, "resumes": self.resumes,
+                "first_losses": self.first_losses, "last_losses": self.last_losses, "history": self.history}
 
 
 def _state(pretext: Pretext, step: int, summary: TrainSummary) -> dict[str, Any]:
@@ -82,12 +92,24 @@ def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: 
         step = int(state["step"])
         summary = TrainSummary(**state["summary"])
         summary.resumed_from_step = step
+        summary.resumes.append({"step": step, "time": time.time()})
+        summary.sessions += 1
     last_saved = step if store.partial.is_file() else None
 
     pretext.train()
     window: dict[str, list[float]] = {}
     start = time.perf_counter()
     images = 0
+    prior_images, prior_wall = summary.images, summary.wall_s
+
+    def account() -> None:
+        """Totals so far, over this process and every earlier one that trained this checkpoint."""
+        wall = time.perf_counter() - start
+        summary.steps = step
+        summary.epochs = step / steps_per_epoch
+        summary.images = prior_images + images
+        summary.wall_s = prior_wall + wall
+        summary.images_per_s = summary.images / summary.wall_s if summary.wall_s > 0 else 0.0
     with progress.task(description, total=total) as bar:
         bar.advance(step)
         while step < total:
@@ -119,15 +141,10 @@ def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: 
                     window.clear()
                 bar.advance(1, **{k: v for k, v in logs.items() if k.startswith("loss")})
                 if step % checkpoint_every == 0 and step < total and runtime.is_main:
-                    summary.steps = step
+                    account()
                     store.save(_state(pretext, step, summary), final=False)
                     last_saved = step
-    wall = time.perf_counter() - start
-    summary.steps = step
-    summary.epochs = step / steps_per_epoch
-    summary.images += images
-    summary.wall_s += wall
-    summary.images_per_s = images / wall if wall > 0 else 0.0
+    account()
     if runtime.is_main:
         store.save(_state(pretext, step, summary), final=True)
     runtime.barrier()

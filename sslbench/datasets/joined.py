@@ -1,0 +1,52 @@
+"""Several splits of one adapter seen as one, for pretraining on e.g. STL-10's ``train+unlabeled``.
+
+Items keep only the keys every part provides (STL-10's unlabeled images have no ``label``), so batches collate.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch.utils.data import ConcatDataset
+
+from sslbench.datasets.base import ImageDataset
+
+__all__ = ["JoinedSplits", "split_parts"]
+
+
+def split_parts(split: str) -> list[str]:
+    """``"train+unlabeled"`` -> ``["train", "unlabeled"]``."""
+    return [part.strip() for part in split.split("+") if part.strip()]
+
+
+class JoinedSplits(ImageDataset):
+    """The concatenation of ``parts`` (adapters of one dataset, one per split)."""
+
+    def __init__(self, parts: list[ImageDataset]) -> None:
+        first = parts[0]
+        self.parts = parts
+        self.name = first.name
+        self.split = "+".join(str(getattr(p, "split", "?")) for p in parts)
+        self.provides = frozenset.intersection(*(frozenset(getattr(p, "provides", frozenset())) for p in parts))
+        self.synthetic = first.synthetic
+        self.class_names = tuple(first.class_names)
+        self.mask_class_names = tuple(first.mask_class_names)
+        self.root = first.root
+        self.image_size = first.image_size
+        self._keys = {"image"} | set(self.provides)
+        self._joined = ConcatDataset(parts)
+
+    def __len__(self) -> int:
+        return len(self._joined)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self._joined[index]
+        return {k: v for k, v in item.items() if k in self._keys}
+
+    def fingerprint(self) -> str:
+        from sslbench.datasets.fingerprint import data_fingerprint
+
+        return "+".join(data_fingerprint(part) for part in self.parts)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "parts": [p.describe() for p in self.parts]}

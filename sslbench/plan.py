@@ -1,0 +1,399 @@
+"""The resolved run plan: the single source of truth for one ``sslbench run``.
+
+:func:`resolve_plan` turns an :class:`~sslbench.experiment.Experiment` into a :class:`RunPlan` before any work starts:
+every plugin's resolved ``Config`` with its defaults (dataset adapters and encoder factories included, so an unknown
+option is a usage error, never a ``TypeError`` deep in a run), the image size, the seeds and three explicit splits per
+dataset (``pretext_split``, ``probe_split``, ``eval_split``), each with its data fingerprint. Each :class:`Unit` (one
+pretext training: dataset × encoder × variant × seed) carries the hash that names its checkpoint, and each
+:class:`Evaluation` the hash and path of its record. The runner, ``--dry-run`` and records all read these objects;
+nothing downstream re-derives a size, a seed, a split or a hash.
+
+What the hashes cover:
+
+- **checkpoint**: the resolved pretext, encoder and dataset configs, the image size, the pretext split, its size and
+  data fingerprint, the seed, the training budget, the precision, and the pretext plugin's identity (its ``version``
+  attribute, its distribution and that distribution's version). Not the variant's name: two variants with the same
+  resolved options share a checkpoint.
+- **record**: the checkpoint's config plus the protocol's resolved options and identity, the probe and evaluation
+  splits with their fingerprints and sizes, the evaluation batch size and whether evaluating on a training split was
+  allowed.
+
+A plan whose evaluation split is also one of its training splits (pretext or probe) is refused unless
+``allow_eval_on_train`` is set, and then it is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from sslbench.config import HARNESS_SCHEMA, config_hash, resolve_options, to_dict
+from sslbench.errors import IncompatibleError, UsageError
+from sslbench.experiment import VARIANT_NAME, DatasetSpec, Experiment
+from sslbench.records import record_path
+from sslbench.registry import DATASETS, ENCODERS, PRETEXTS, PROTOCOLS
+
+__all__ = ["RunPlan", "Unit", "Evaluation", "VariantPlan", "DatasetPlan", "EncoderPlan", "ProtocolPlan",
+           "resolve_plan", "signature_config"]
+
+#: Keyword arguments every dataset adapter takes that are not options: the plan sets them.
+DATASET_COMMON = ("root", "split", "image_size", "subset")
+#: Keyword arguments every encoder factory takes that are not options.
+ENCODER_COMMON = ("in_chans", "image_size", "variant")
+
+
+# -- option classes for plugins that declare options as keyword arguments ---------------------------------------------
+@cache
+def signature_config(obj: Any, exclude: tuple[str, ...]) -> tuple[type, bool]:
+    """A dataclass of ``obj``'s keyword parameters with defaults (less ``exclude``), and whether it takes ``**kwargs``.
+
+    Dataset adapters and encoder factories declare their options as keyword arguments; this gives them the same
+    ``Config`` dataclass the other plugins declare explicitly, so options resolve, validate and hash alike.
+    """
+    explicit = getattr(obj, "Config", None)
+    if isinstance(explicit, type) and dataclasses.is_dataclass(explicit):
+        return explicit, False
+    fields = []
+    extra = False
+    for param in inspect.signature(obj).parameters.values():
+        if param.kind is inspect.Parameter.VAR_KEYWORD:
+            extra = True
+        if param.name in exclude or param.default is inspect.Parameter.empty:
+            continue
+        default = param.default
+        factory = (lambda d=default: d) if isinstance(default, (list, dict, set)) else None
+        fields.append((param.name, Any, field(default_factory=factory) if factory else field(default=default)))
+    name = f"{getattr(obj, '__name__', 'Plugin')}Options"
+    return dataclasses.make_dataclass(name, fields), extra
+
+
+def _resolve_signature_options(obj: Any, exclude: tuple[str, ...], options: dict[str, Any], owner: str
+                               ) -> dict[str, Any]:
+    config_cls, extra = signature_config(obj, exclude)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    known = {k: v for k, v in options.items() if k in names or not extra}
+    resolved = to_dict(resolve_options(config_cls, known, owner))
+    resolved.update({k: _parse_loose(v) for k, v in options.items() if k not in names and extra})
+    return resolved
+
+
+def _parse_loose(value: Any) -> Any:
+    from sslbench.config import parse_value
+
+    return parse_value(value)
+
+
+# -- the plan ---------------------------------------------------------------------------------------------------------
+@dataclass
+class VariantPlan:
+    """One row of the results: a name, its pretext plugin and that plugin's resolved config."""
+
+    name: str
+    pretext: str
+    pretext_cls: Any
+    config: Any
+    options: dict[str, Any]
+    differs: dict[str, Any]
+    seeds: tuple[int, ...]
+    provenance: dict[str, Any]
+
+
+@dataclass
+class EncoderPlan:
+    name: str
+    options: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+@dataclass
+class ProtocolPlan:
+    name: str
+    cls: Any
+    config: Any
+    options: dict[str, Any]
+    provenance: dict[str, Any]
+
+
+@dataclass
+class DatasetPlan:
+    """One dataset with its resolved options and its three splits, opened once."""
+
+    name: str
+    cls: Any
+    data_root: str | None
+    options: dict[str, Any]
+    image_size: Any
+    subset: int | None
+    eval_subset: int | None
+    pretext_split: str
+    probe_split: str
+    eval_split: str
+    eval_on_train: bool
+    splits: dict[str, Any] = field(default_factory=dict, repr=False)
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pretext_data(self) -> Any:
+        return self.splits["pretext"]
+
+    @property
+    def probe_data(self) -> Any:
+        return self.splits["probe"]
+
+    @property
+    def eval_data(self) -> Any:
+        return self.splits["eval"]
+
+    def describe(self) -> dict[str, Any]:
+        """What records say of this dataset: splits, sizes, fingerprints, options."""
+        return {"dataset": self.name, "data_root": self.data_root, "dataset_options": self.options,
+                "image_size": self.image_size, "subset": self.subset, "eval_subset": self.eval_subset,
+                "pretext_split": self.pretext_split, "probe_split": self.probe_split, "eval_split": self.eval_split,
+                "eval_on_train": self.eval_on_train, "fingerprints": dict(self.fingerprints)}
+
+
+@dataclass
+class Evaluation:
+    """One protocol on one trained unit: the record it writes and the hash that says whether it is current."""
+
+    protocol: ProtocolPlan
+    path: Path
+    config: dict[str, Any]
+    hash: str
+
+
+@dataclass
+class Unit:
+    """One pretext training (dataset × encoder × variant × seed) and the evaluations of its checkpoint."""
+
+    dataset: DatasetPlan
+    encoder: EncoderPlan
+    variant: VariantPlan
+    seed: int
+    run_config: dict[str, Any]
+    checkpoint_hash: str
+    evaluations: list[Evaluation] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.variant.name} seed {self.seed} ({self.dataset.name}, {self.encoder.name})"
+
+    @property
+    def train_split_data(self) -> Any:
+        """What the pretext trains on: the pretext split, or the labelled probe split for a pretext that needs
+        labels (``supervised``)."""
+        return self.dataset.probe_data if self.variant.pretext_cls.requires else self.dataset.pretext_data
+
+
+@dataclass
+class RunPlan:
+    """Everything a run will do, resolved. Built by :func:`resolve_plan`; read by everything after it."""
+
+    experiment: Experiment
+    variants: list[VariantPlan]
+    datasets: list[DatasetPlan]
+    encoders: list[EncoderPlan]
+    protocols: list[ProtocolPlan]
+    units: list[Unit]
+    out: Path
+    cache_dir: Path
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as plain data (printed by ``--dry-run``, stored in the manifest)."""
+        exp = self.experiment
+        return {
+            "experiment": exp.name, "source": exp.source, "seeds": exp.seeds,
+            "budget": to_dict(exp.budget), "device": exp.device, "precision": exp.precision,
+            "out": str(self.out), "cache_dir": str(self.cache_dir), "allow_eval_on_train": exp.allow_eval_on_train,
+            "variants": [{"name": v.name, "pretext": v.pretext, "differs": v.differs, "options": v.options,
+                          "seeds": list(v.seeds)} for v in self.variants],
+            "datasets": [d.describe() for d in self.datasets],
+            "encoders": [{"name": e.name, "options": e.options} for e in self.encoders],
+            "protocols": [{"name": p.name, "options": p.options} for p in self.protocols],
+            "units": [{"dataset": u.dataset.name, "encoder": u.encoder.name, "variant": u.variant.name,
+                       "seed": u.seed, "checkpoint_hash": u.checkpoint_hash,
+                       "records": [str(e.path) for e in u.evaluations]} for u in self.units],
+        }
+
+
+def _provenance(registry: Any, name: str) -> dict[str, Any]:
+    """Where a plugin comes from (name, distribution and versions); part of every hash that uses it."""
+    provenance = getattr(registry, "provenance", None)
+    if callable(provenance):
+        return dict(provenance(name))
+    entry, _ = registry.resolve(name)
+    obj = registry.get(name)
+    return {"name": name, "origin": entry.origin, "module": entry.module,
+            "plugin_version": getattr(obj, "version", None)}
+
+
+def _variants(exp: Experiment) -> list[VariantPlan]:
+    seen: set[str] = set()
+    plans = []
+    for spec in exp.variants:
+        if not VARIANT_NAME.match(spec.name) or "__" in spec.name:
+            raise UsageError(f"variant name {spec.name!r}: use letters, digits, '.', '_', '+' and '-' (no '__'), "
+                             "starting with a letter or digit")
+        if spec.name in seen:
+            raise UsageError(f"variant {spec.name!r} is named twice")
+        seen.add(spec.name)
+        cls = PRETEXTS.get(spec.pretext)
+        config = resolve_options(cls.Config, spec.options, f"pretext {spec.pretext!r} (variant {spec.name!r})")
+        options = to_dict(config)
+        defaults = to_dict(cls.Config())
+        differs = {k: v for k, v in options.items() if defaults.get(k) != v}
+        plans.append(VariantPlan(spec.name, spec.pretext, cls, config, options, differs,
+                                 tuple(spec.seeds or exp.seeds), _provenance(PRETEXTS, spec.pretext)))
+    return plans
+
+
+def _protocols(exp: Experiment) -> list[ProtocolPlan]:
+    plans = []
+    for name, options in exp.protocols.items():
+        cls = PROTOCOLS.get(name)
+        options = dict(options)
+        names = {f.name for f in dataclasses.fields(cls.Config)}
+        if exp.budget.eval_epochs is not None and "epochs" in names and "epochs" not in options:
+            options["epochs"] = exp.budget.eval_epochs
+        config = resolve_options(cls.Config, options, f"protocol {name!r}")
+        plans.append(ProtocolPlan(name, cls, config, to_dict(config), _provenance(PROTOCOLS, name)))
+    return plans
+
+
+def _encoders(exp: Experiment) -> list[EncoderPlan]:
+    plans = []
+    for name, options in exp.encoders.items():
+        entry, _ = ENCODERS.resolve(name)
+        factory = ENCODERS.get(name)
+        resolved = _resolve_signature_options(factory, ENCODER_COMMON, options, f"encoder {name!r}")
+        plans.append(EncoderPlan(name, resolved, _provenance(ENCODERS, name)))
+    return plans
+
+
+def _open_split(spec: DatasetSpec, cls: Any, split: str, subset: int | None, options: dict[str, Any]) -> Any:
+    from sslbench.datasets import create_dataset
+    from sslbench.datasets.joined import JoinedSplits, split_parts
+
+    parts = split_parts(split)
+    unknown = [p for p in parts if p not in cls.splits]
+    if not parts or unknown:
+        raise UsageError(f"dataset {spec.name!r} has no split {split!r}; its splits are {', '.join(cls.splits)} "
+                         "(join several with '+', e.g. train+unlabeled)")
+    opened = [create_dataset(spec.name, root=spec.data_root, split=part, image_size=spec.image_size,
+                             subset=subset, **options) for part in parts]
+    return opened[0] if len(opened) == 1 else JoinedSplits(opened)
+
+
+def _datasets(exp: Experiment) -> list[DatasetPlan]:
+    from sslbench.datasets.fingerprint import data_fingerprint
+
+    plans = []
+    for spec in exp.datasets:
+        cls = DATASETS.get(spec.name)
+        options = _resolve_signature_options(cls, DATASET_COMMON, spec.options, f"dataset {spec.name!r}")
+        pretext_split = spec.pretext_split or getattr(cls, "pretext_split", "train")
+        probe_split = spec.probe_split or getattr(cls, "probe_split", "train")
+        eval_split = spec.eval_split or cls.eval_split
+        trained_on = set(pretext_split.split("+")) | set(probe_split.split("+"))
+        overlap = trained_on & set(eval_split.split("+"))
+        if overlap and not exp.allow_eval_on_train:
+            raise UsageError(
+                f"dataset {spec.name!r}: the evaluation split {eval_split!r} is also a training split (pretext "
+                f"{pretext_split!r}, probe {probe_split!r}); results would measure memorisation. Choose another "
+                "--eval-split, or pass --allow-eval-on-train to do it anyway (it is recorded)")
+        plan = DatasetPlan(spec.name, cls, spec.data_root, options, None, spec.subset, spec.eval_subset,
+                           pretext_split, probe_split, eval_split, bool(overlap))
+        bad_image_option = "on_bad_image" in options and "on_bad_image" not in spec.options
+        for role, split, subset in (("pretext", pretext_split, spec.subset), ("probe", probe_split, spec.subset),
+                                    ("eval", eval_split, spec.eval_subset)):
+            split_options = dict(options)
+            if bad_image_option:
+                # Skipping a broken file is harmless in pretraining; in a labelled split it changes the benchmark.
+                split_options["on_bad_image"] = "skip" if role == "pretext" else "error"
+            plan.splits[role] = _open_split(spec, cls, split, subset, split_options)
+            plan.fingerprints[role] = data_fingerprint(plan.splits[role])
+        plan.image_size = plan.pretext_data.image_size
+        plans.append(plan)
+    return plans
+
+
+def _check_compatible(variants: list[VariantPlan], protocols: list[ProtocolPlan], datasets: list[DatasetPlan]
+                      ) -> None:
+    from sslbench.protocol import PRETEXT_ABILITIES
+
+    for dataset in datasets:
+        provides = set(getattr(dataset.probe_data, "provides", set()))
+        for protocol in protocols:
+            missing = set(protocol.cls.requires) - PRETEXT_ABILITIES - provides
+            if missing:
+                raise IncompatibleError(
+                    f"protocol {protocol.name!r} needs {', '.join(sorted(missing))}, which dataset {dataset.name!r} "
+                    f"does not provide (it provides: {', '.join(sorted(provides)) or 'images only'}); pick another "
+                    "dataset")
+        for variant in variants:
+            missing = set(variant.pretext_cls.requires) - provides
+            if missing:
+                raise IncompatibleError(f"pretext {variant.pretext!r} (variant {variant.name!r}) trains on "
+                                        f"{', '.join(sorted(missing))}, which dataset {dataset.name!r} does not "
+                                        "provide")
+
+
+def _run_config(exp: Experiment, dataset: DatasetPlan, encoder: EncoderPlan, variant: VariantPlan, seed: int
+                ) -> dict[str, Any]:
+    """What determines a trained checkpoint (written beside it as ``config.json``)."""
+    train_data = dataset.probe_data if variant.pretext_cls.requires else dataset.pretext_data
+    role = "probe" if variant.pretext_cls.requires else "pretext"
+    image_size = dataset.image_size
+    return {
+        "pretext": variant.pretext, "pretext_options": variant.options, "plugin": variant.provenance,
+        "encoder": encoder.name, "encoder_options": encoder.options, "encoder_plugin": encoder.provenance,
+        "image_size": list(image_size) if isinstance(image_size, tuple) else image_size,
+        "dataset": dataset.name, "dataset_options": dataset.options, "subset": dataset.subset,
+        "pretext_split": dataset.probe_split if role == "probe" else dataset.pretext_split,
+        "data_fingerprint": dataset.fingerprints[role], "train_images": len(train_data),
+        "num_classes": dataset.probe_data.num_classes, "class_names": list(dataset.probe_data.class_names),
+        "seed": seed, "budget": {"epochs": exp.budget.epochs, "steps": exp.budget.steps,
+                                 "batch_size": exp.budget.batch_size},
+        "precision": exp.precision, "harness_schema": HARNESS_SCHEMA,
+    }
+
+
+def resolve_plan(exp: Experiment, cache_dir: Path) -> RunPlan:
+    """Resolve and validate everything ``exp`` asks for; raise :class:`UsageError` before any work on a problem."""
+    if not exp.variants or not exp.protocols:
+        raise UsageError("a run needs at least one pretext variant and one protocol")
+    if not exp.datasets or not exp.encoders:
+        raise UsageError("a run needs at least one dataset and one encoder")
+    variants = _variants(exp)
+    protocols = _protocols(exp)
+    encoders = _encoders(exp)
+    datasets = _datasets(exp)
+    _check_compatible(variants, protocols, datasets)
+    out = Path(exp.out)
+    units = []
+    for dataset in datasets:
+        for encoder in encoders:
+            for variant in variants:
+                for seed in variant.seeds:
+                    run_config = _run_config(exp, dataset, encoder, variant, seed)
+                    unit = Unit(dataset, encoder, variant, seed, run_config, config_hash(run_config))
+                    for protocol in protocols:
+                        record_config = {
+                            "pretext_run": run_config, "protocol": protocol.name,
+                            "protocol_options": protocol.options, "protocol_plugin": protocol.provenance,
+                            "probe": {"split": dataset.probe_split, "fingerprint": dataset.fingerprints["probe"],
+                                      "images": len(dataset.probe_data)},
+                            "eval": {"split": dataset.eval_split, "fingerprint": dataset.fingerprints["eval"],
+                                     "images": len(dataset.eval_data), "batch_size": exp.budget.eval_batch_size,
+                                     "eval_subset": dataset.eval_subset},
+                            "allow_eval_on_train": dataset.eval_on_train,
+                        }
+                        path = record_path(out, dataset=dataset.name, encoder=encoder.name, variant=variant.name,
+                                           protocol=protocol.name, seed=seed)
+                        unit.evaluations.append(Evaluation(protocol, path, record_config, config_hash(record_config)))
+                    units.append(unit)
+    return RunPlan(exp, variants, datasets, encoders, protocols, units, out, Path(cache_dir))
