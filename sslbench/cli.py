@@ -124,12 +124,18 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     for kind in [args.kind] if args.kind else KINDS:
         print(f"{kind}:")
-        for entry in REGISTRIES[kind].entries(args.filter):
-            origin = "" if entry.origin == "built-in" else f"  [{entry.origin}]"
+        registry = REGISTRIES[kind]
+        entries = registry.entries(args.filter)
+        for entry in entries:
+            version = f", version {entry.version}" if entry.version else ""
+            origin = "" if entry.origin == "built-in" else f"  [{entry.origin}{version}]"
             summary = f"  {entry.summary}" if entry.summary else ""
-            print(f"  {entry.name:<16}{summary}{origin}")
-        for module, why in REGISTRIES[kind].unreadable.items():
+            print(f"  {registry.reference(entry):<16}{summary}{origin}")
+        for module, why in registry.unreadable.items():
             print(f"  [could not read {module}: {why}]", file=sys.stderr)
+        for clash in registry.clashes():
+            if any(entry.name == clash.name for entry in entries):
+                print(f"warning: {clash.message}", file=sys.stderr)
     return 0
 
 

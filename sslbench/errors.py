@@ -62,3 +62,13 @@ class CacheError(SslbenchError):
             f"cannot load {self.path}: {reason}. sslbench loads only tensors and plain containers and ran nothing "
             f"from it. Delete {self.path} (a cache entry) and rerun to recompute it"
         )
+
+
+class AmbiguousPluginError(UsageError):
+    """A bare plugin name that several third-party plugins (and no built-in) take; the message lists the qualified
+    ``DIST:NAME`` of each, which resolve."""
+
+    def __init__(self, kind: str, name: str, qualified: Iterable[str]) -> None:
+        self.kind, self.name, self.qualified = kind, name, sorted(qualified)
+        super().__init__(f"{kind} {name!r} is ambiguous: several plugins take that name; use one of "
+                         f"{', '.join(self.qualified)}")

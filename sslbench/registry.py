@@ -16,6 +16,14 @@ naming its module and origin; it never silently disappears.
 
 A name ending in ``/*`` registers a *family*: ``create_encoder("timm/resnet18")`` calls the ``timm/*`` factory with
 ``variant="resnet18"``.
+
+Every plugin is also reachable by its qualified name ``DIST:NAME``, the distribution that provides it and its name:
+``sslbench:quantized`` for the built-in, ``my-dist:quantized`` for an entry point of distribution ``my-dist`` (the
+distribution part is compared in its normalised form, so ``My_Dist:quantized`` works too). A bare name means the
+built-in of that name, or else the one entry point that has it; a third-party plugin that takes a built-in's name (or
+two that take the same name) is a *clash*, reported by :meth:`Registry.clashes` and by ``sslbench list``, and is
+reached by its qualified name. :meth:`Registry.provenance` says where a plugin comes from and in which versions, for
+records and checkpoint hashes.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, TypeVar
 
-from sslbench.errors import PluginLoadError, UnknownPluginError
+from sslbench.errors import AmbiguousPluginError, PluginLoadError, UnknownPluginError
 
 T = TypeVar("T")
 
 __all__ = [
+    "BUILTIN_DISTRIBUTION",
+    "PluginClash",
     "PluginEntry",
     "Registry",
     "PRETEXTS",
@@ -63,6 +73,24 @@ def natural_key(text: str) -> list[Any]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
+#: The distribution of the built-in plugins: ``sslbench:NAME`` is the qualified name of built-in ``NAME``.
+BUILTIN_DISTRIBUTION = "sslbench"
+
+
+def canonical_distribution(name: str) -> str:
+    """A distribution name in its normalised form (PEP 503): ``My_Dist`` -> ``my-dist``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def split_qualified(name: str) -> tuple[str | None, str]:
+    """``("my-dist", "quantized")`` for ``my-dist:quantized``; ``(None, name)`` for a bare name. A colon after a
+    ``/`` belongs to a family member (``timm/hf-hub:org/model``), not to a distribution."""
+    prefix, colon, rest = name.partition(":")
+    if colon and prefix and rest and "/" not in prefix:
+        return canonical_distribution(prefix), rest
+    return None, name
+
+
 @dataclass
 class PluginEntry:
     """What the registry knows of one plugin, before or after it is imported."""
@@ -71,13 +99,81 @@ class PluginEntry:
     kind: str
     module: str
     origin: str
-    summary: str = ""
+    doc: str | None = None
     obj: Any = None
     entry_point: Any = field(default=None, repr=False)
+    #: The distribution that provides the plugin (``sslbench`` for built-ins); None for one registered at run time
+    #: by a module that neither discovery path knows (a script, a test).
+    distribution: str | None = None
+    #: That distribution's version.
+    version: str | None = None
 
     @property
     def is_family(self) -> bool:
         return self.name.endswith("/*")
+
+    @property
+    def qualified_name(self) -> str:
+        """``DIST:NAME``; the bare name for a plugin registered at run time (it has no distribution)."""
+        if self.distribution is None:
+            return self.name
+        return f"{canonical_distribution(self.distribution)}:{self.name}"
+
+    @property
+    def summary(self) -> str:
+        """The first line of the plugin's docstring, read from its source without importing it where possible."""
+        if self.doc is None:
+            if self.obj is not None:
+                self.doc = _summary(self.obj)
+            elif self.entry_point is not None:
+                self.doc = _entry_point_summary(self.entry_point)
+            else:
+                self.doc = ""
+        return self.doc
+
+    def describe(self) -> str:
+        """``my-dist 1.2 (entry point my_mod:Cls)``: where the plugin comes from, for messages."""
+        if self.entry_point is not None:
+            where = f"entry point {self.entry_point.value}"
+        elif self.origin == "built-in":
+            where = f"built-in, {self.module}"
+        else:
+            where = self.origin
+        dist = " ".join(part for part in (self.distribution, self.version) if part)
+        return f"{dist} ({where})" if dist else where
+
+
+@dataclass(frozen=True)
+class PluginClash:
+    """Several plugins of one kind that take the same bare name.
+
+    ``holder`` is the one the bare name means (the built-in), or None when the name is ambiguous (several entry
+    points and no built-in); every other one is reached by its qualified name only. Two plugins of one distribution
+    with the same name (a duplicated entry point or decorator) share their qualified name too: the first one wins.
+    """
+
+    kind: str
+    name: str
+    holder: PluginEntry | None
+    others: tuple[PluginEntry, ...]
+
+    @property
+    def message(self) -> str:
+        defined = "; ".join(e.describe() for e in ((self.holder,) if self.holder else ()) + self.others)
+        if self.holder is None:
+            use = ", ".join(repr(e.qualified_name) for e in self.others)
+            return f"{self.kind} {self.name!r} is defined by several plugins ({defined}): the bare name is " \
+                   f"ambiguous, use {use}"
+        reachable = [e for e in self.others if e.qualified_name != self.holder.qualified_name]
+        hidden = [e for e in self.others if e.qualified_name == self.holder.qualified_name]
+        parts = [f"{self.kind} {self.name!r} is defined by several plugins ({defined}): {self.name!r} means "
+                 f"{self.holder.qualified_name}"]
+        if reachable:
+            parts.append(f"use {', '.join(repr(e.qualified_name) for e in reachable)} for the other"
+                         f"{'s' if len(reachable) > 1 else ''}")
+        if hidden:
+            parts.append(f"the second definition in {', '.join(e.module for e in hidden)} is unreachable")
+        return "; ".join(parts)
 
 
 class Registry(Generic[T]):
@@ -98,7 +194,15 @@ class Registry(Generic[T]):
         self.group = group
         self.decorator = decorator
         self.base = base
+        #: What each bare name means: the built-in, or else the only entry point with that name.
         self._entries: dict[str, PluginEntry] = {}
+        #: Every reachable plugin by qualified name (plugins registered at run time have none).
+        self._qualified: dict[str, PluginEntry] = {}
+        #: Every plugin in discovery order, duplicates included.
+        self._all: list[PluginEntry] = []
+        #: Bare names that several entry points and no built-in take.
+        self._ambiguous: dict[str, list[PluginEntry]] = {}
+        self._clashes: list[PluginClash] = []
         self._discovered = False
         #: Built-in files that could not be read (e.g. a syntax error): reported, never fatal to the others.
         self.unreadable: dict[str, str] = {}
@@ -114,21 +218,33 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, obj: Any, origin: str | None = None) -> None:
-        """Register ``obj`` under ``name``; an error if another object already holds the name."""
+        """Bind ``obj`` to the discovered plugin ``name`` of its module, or register it anew; an error if another
+        object already holds the name.
+
+        A module that registers a name binds the discovered plugin of that name *from that module* (a built-in file,
+        or an entry point's package), so a third-party module registering a built-in's name never takes the
+        built-in's place.
+        """
         self._check_base(name, obj)
+        self._discover()
         module = getattr(obj, "__module__", "?")
-        existing = self._entries.get(name)
-        if existing is not None and existing.obj is not None and existing.obj is not obj:
+        owner = _owner(name, module, self._all)
+        if owner is not None:
+            if owner.obj is not None and owner.obj is not obj:
+                raise ValueError(f"duplicate {self.kind} name {name!r}: {owner.module} registers it twice")
+            owner.obj = obj
+            return
+        existing = self._entries.get(name) or next(iter(self._ambiguous.get(name, [])), None)
+        if existing is not None and existing.obj is not obj:
             raise ValueError(
                 f"duplicate {self.kind} name {name!r}: already registered by {existing.module} ({existing.origin}), "
                 f"registered again by {module}"
             )
         if existing is not None:
-            existing.obj = obj
             return
-        self._entries[name] = PluginEntry(
-            name=name, kind=self.kind, module=module, origin=origin or f"module {module}", summary=_summary(obj), obj=obj
-        )
+        entry = PluginEntry(name=name, kind=self.kind, module=module, origin=origin or f"module {module}", obj=obj)
+        self._all.append(entry)
+        self._entries[name] = entry
 
     def _check_base(self, name: str, obj: Any) -> None:
         if self.base is None or not isinstance(obj, type):
@@ -143,42 +259,84 @@ class Registry(Generic[T]):
         if self._discovered:
             return
         self._discovered = True
+        from sslbench import __version__
+
         found, self.unreadable = _scan_builtin_package(self.package, self.decorator)
-        for name, module, summary in found:
-            self._entries.setdefault(
-                name, PluginEntry(name=name, kind=self.kind, module=module, origin="built-in", summary=summary)
-            )
+        discovered = [
+            PluginEntry(name=name, kind=self.kind, module=module, origin="built-in", doc=summary,
+                        distribution=BUILTIN_DISTRIBUTION, version=__version__)
+            for name, module, summary in found
+        ]
         for ep in _entry_points(self.group):
-            if ep.name in self._entries:
-                continue
-            dist = getattr(getattr(ep, "dist", None), "name", None) or "unknown distribution"
-            self._entries[ep.name] = PluginEntry(
-                name=ep.name,
-                kind=self.kind,
-                module=ep.value.partition(":")[0],
-                origin=f"entry point ({dist})",
-                entry_point=ep,
-            )
+            dist = getattr(ep, "dist", None)
+            dist_name = getattr(dist, "name", None) or "unknown-distribution"
+            discovered.append(PluginEntry(
+                name=ep.name, kind=self.kind, module=ep.value.partition(":")[0].strip(),
+                origin=f"entry point ({dist_name})", entry_point=ep, distribution=dist_name,
+                version=getattr(dist, "version", None),
+            ))
+        self._all = discovered  # add() discovers before it registers, so nothing precedes this
+        by_name: dict[str, list[PluginEntry]] = {}
+        for entry in discovered:
+            self._qualified.setdefault(entry.qualified_name, entry)
+            by_name.setdefault(entry.name, []).append(entry)
+        for name, group in by_name.items():
+            builtins = [e for e in group if e.origin == "built-in"]
+            if builtins or len(group) == 1:
+                self._entries[name] = builtins[0] if builtins else group[0]
+            else:
+                self._ambiguous[name] = group
+            if len(group) > 1:
+                holder = self._entries.get(name)
+                self._clashes.append(PluginClash(self.kind, name, holder, tuple(e for e in group if e is not holder)))
+
+    def clashes(self) -> list[PluginClash]:
+        """Every name that several plugins take, with what the bare name means and how to reach the others."""
+        self._discover()
+        return list(self._clashes)
+
+    def _reachable(self) -> list[PluginEntry]:
+        self._discover()
+        seen: set[int] = set()
+        out = []
+        for entry in [*self._qualified.values(), *self._entries.values()]:
+            if id(entry) not in seen:
+                seen.add(id(entry))
+                out.append(entry)
+        return out
+
+    def reference(self, entry: PluginEntry) -> str:
+        """The shortest name that resolves to ``entry``: its bare name if that means it, else its qualified name."""
+        self._discover()
+        return entry.name if self._entries.get(entry.name) is entry else entry.qualified_name
 
     def entries(self, pattern: str | Iterable[str] = "*") -> list[PluginEntry]:
-        """Known plugins whose names match any of the wildcard ``pattern``\\ s, naturally sorted."""
-        self._discover()
+        """Every reachable plugin whose bare, qualified or reference name matches any of the wildcard
+        ``pattern``\\ s, naturally sorted (built-ins first among plugins of one name)."""
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-        found = [e for e in self._entries.values() if any(fnmatch.fnmatchcase(e.name, p) for p in patterns)]
-        return sorted(found, key=lambda e: natural_key(e.name))
+        found = [e for e in self._reachable()
+                 if any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (e.name, e.qualified_name))]
+        return sorted(found, key=lambda e: (natural_key(e.name), e.origin != "built-in", e.qualified_name))
 
     def names(self, pattern: str | Iterable[str] = "*") -> list[str]:
-        return [e.name for e in self.entries(pattern)]
+        """The names that resolve to each matching plugin (see :meth:`reference`)."""
+        return [self.reference(e) for e in self.entries(pattern)]
 
     # -- lookup -------------------------------------------------------------------------------------------------
     def resolve(self, name: str) -> tuple[PluginEntry, str | None]:
-        """The entry for ``name`` and, for a family member such as ``timm/resnet18``, its variant."""
+        """The entry for ``name`` (bare or ``DIST:NAME``) and, for a family member such as ``timm/resnet18``, its
+        variant."""
         self._discover()
-        entry = self._entries.get(name)
+        dist, bare = split_qualified(name)
+        table = self._entries if dist is None else self._qualified
+        key = bare if dist is None else f"{dist}:{bare}"
+        entry = table.get(key)
         variant = None
-        if entry is None and "/" in name:
-            prefix, _, variant = name.partition("/")
-            entry = self._entries.get(f"{prefix}/*")
+        if entry is None and "/" in bare:
+            prefix, _, variant = bare.partition("/")
+            entry = table.get(f"{prefix}/*" if dist is None else f"{dist}:{prefix}/*")
+        if entry is None and dist is None and bare in self._ambiguous:
+            raise AmbiguousPluginError(self.kind, bare, [e.qualified_name for e in self._ambiguous[bare]])
         if entry is None:
             error = UnknownPluginError(self.kind, name, self.names())
             if self.unreadable:
@@ -198,9 +356,8 @@ class Registry(Generic[T]):
         try:
             if entry.entry_point is not None:
                 loaded = entry.entry_point.load()
-                if entry.obj is None:
-                    self.add(entry.name, loaded, origin=entry.origin)
-                    entry = self._entries[entry.name]
+                self._check_base(entry.name, loaded)
+                entry.obj = loaded
             else:
                 importlib.import_module(entry.module)
         except Exception as exc:  # a broken plugin must fail loudly with its origin
@@ -223,16 +380,75 @@ class Registry(Generic[T]):
             kwargs["variant"] = variant
         return obj(**kwargs)
 
+    def provenance(self, name: str) -> dict[str, Any]:
+        """Where plugin ``name`` comes from, for records and checkpoint hashes (imports it, to read its version).
+
+        ``name`` and ``qualified_name`` (``DIST:NAME``; a family member keeps its variant, ``sslbench:timm/resnet18``),
+        ``origin`` (``built-in``, ``entry point (DIST)`` or ``module M``), ``distribution`` and ``version`` (the
+        distribution's), ``plugin_version`` (the plugin's own ``version`` attribute as a string, None without one) and
+        ``module``. A third-party plugin's records and checkpoints thus change when its distribution's version does.
+        """
+        entry, variant = self.resolve(name)
+        obj = self._load(entry)
+        bare = entry.name if variant is None else f"{entry.name[:-2]}/{variant}"
+        qualified = bare if entry.distribution is None else f"{canonical_distribution(entry.distribution)}:{bare}"
+        own = getattr(obj, "version", None)
+        return {
+            "name": bare,
+            "qualified_name": qualified,
+            "origin": entry.origin,
+            "distribution": entry.distribution,
+            "version": entry.version,
+            "plugin_version": str(own) if isinstance(own, (str, int, float)) else None,
+            "module": getattr(obj, "__module__", None) or entry.module,
+        }
+
     def __contains__(self, name: str) -> bool:
         try:
             self.resolve(name)
         except UnknownPluginError:
             return False
+        except AmbiguousPluginError:
+            return True
         return True
+
+
+def _owner(name: str, module: str, entries: list[PluginEntry]) -> PluginEntry | None:
+    """The discovered plugin ``name`` that a registration from ``module`` belongs to: the one declared in that
+    module, else an entry point whose module is in the same top-level package."""
+    candidates = [e for e in entries if e.name == name]
+    exact = next((e for e in candidates if e.module == module), None)
+    if exact is not None:
+        return exact
+    top = module.partition(".")[0]
+    return next((e for e in candidates if e.entry_point is not None and e.module.partition(".")[0] == top), None)
 
 
 def _summary(obj: Any) -> str:
     doc = getattr(obj, "__doc__", None) or ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def _entry_point_summary(ep: Any) -> str:
+    """First docstring line of an entry point's target, read from its module's source: ``find_spec`` locates the file
+    (importing the parent packages only, never the module itself) and ``ast`` finds the class or function."""
+    module, _, attr = ep.value.partition(":")
+    attr = attr.split("[", 1)[0].strip()
+    try:
+        spec = importlib.util.find_spec(module.strip())
+        origin = Path(spec.origin) if spec is not None and spec.origin else None
+        if origin is None or origin.suffix != ".py":
+            return ""
+        node: ast.AST = ast.parse(origin.read_text(encoding="utf-8"), filename=str(origin))
+    except Exception:  # a summary is a courtesy: a plugin whose source cannot be read still lists
+        return ""
+    for part in attr.split(".") if attr else []:
+        body = getattr(node, "body", [])
+        node = next((n for n in body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                     and n.name == part), None)
+        if node is None:
+            return ""
+    doc = ast.get_docstring(node) or ""  # type: ignore[arg-type]
     return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
