@@ -7,7 +7,9 @@ runs its batch norm in inference mode, so the frozen part here has ``requires_gr
 mode (batch norm uses its running statistics and they are not updated). Each phase gets a fresh Adam optimiser, as
 re-compiling a Keras model does. Epochs may be fractional (``--eval-epochs 0.5``): a phase runs
 ``round(epochs × batches per epoch)`` steps. Every step goes through the :class:`~sslbench.runtime.Runtime`
-(autocast, finite-loss check and scaled backward, step, end of step), so mixed precision and DDP apply unchanged.
+(autocast, finite-loss check and scaled backward, step, end of step), so mixed precision and DDP apply unchanged;
+a NaN or infinite loss stops the protocol with :class:`~sslbench.errors.NonFiniteLossError` naming the protocol, the
+phase and the step, and so do weights that end a phase non-finite (a last step can break them after the last loss).
 
 :class:`HypercolumnDecoder` is the light decoder ``finetune_seg`` puts on a representation when the pretext offers
 no whole segmentation network: an FPN-lite / hypercolumn head (a 1×1 projection of every tap, each upsampled
@@ -28,6 +30,7 @@ from torch.nn import functional as F
 from torch.utils.data import Dataset
 
 from sslbench.encoders.base import Tap
+from sslbench.errors import NonFiniteLossError, UsageError
 from sslbench.progress import Progress
 from sslbench.runtime import Runtime
 
@@ -93,16 +96,27 @@ def _set_phase_modes(model: nn.Module, head: nn.Module | None) -> None:
     head.train()
 
 
+def _non_finite_weights(model: nn.Module) -> list[str]:
+    """Names of the floating-point parameters and buffers of ``model`` holding a NaN or an infinity."""
+    return [name for name, value in model.state_dict().items()
+            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+
+
 def run_phase(model: nn.Module, *, name: str, head: nn.Module | None, epochs: float, lr: float,
               weight_decay: float, dataset: Dataset, batch_size: int, loss_fn: LossFn, runtime: Runtime,
-              progress: Progress, seed: int, first_epoch: int = 0) -> PhaseResult:
+              progress: Progress, seed: int, first_epoch: int = 0, protocol: str = "fine-tuning",
+              lr_option: str = "the learning rate") -> PhaseResult:
     """Train ``model`` for ``epochs`` passes over ``dataset`` with Adam at ``lr``.
 
     With ``head`` (a submodule of ``model``) only the head's parameters learn and the rest of ``model`` is frozen
     (``requires_grad = False``, eval mode); with ``head=None`` every parameter learns. ``first_epoch`` offsets the
     loader's epoch so consecutive phases see different shuffles. Batches of one sample are skipped (batch norm in
     train mode cannot use them). ``requires_grad`` is left as the phase set it.
+
+    A non-finite loss, or weights left non-finite at the end, raise :class:`NonFiniteLossError` whose message names
+    ``protocol``, the phase, the step and ``lr_option`` (the option to lower, e.g. ``finetune_cls.frozen_lr``).
     """
+    where = f"{protocol} ({name} phase)"
     result = PhaseResult(name)
     if epochs <= 0:
         return result
@@ -132,7 +146,10 @@ def run_phase(model: nn.Module, *, name: str, head: nn.Module | None, epochs: fl
                     continue
                 with runtime.autocast():
                     loss = loss_fn(train_model, batch)
-                runtime.backward(loss, name=f"fine-tuning loss ({name})")
+                try:
+                    runtime.backward(loss, name=f"{where}: loss at step {result.steps + 1} of {total}")
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLossError(f"{exc}; lower {lr_option} (now {lr:g})") from exc
                 runtime.step(optimizer)
                 runtime.end_step()
                 losses.append(float(loss.detach()))
@@ -142,26 +159,35 @@ def run_phase(model: nn.Module, *, name: str, head: nn.Module | None, epochs: fl
                     break
             epoch += 1
             if not losses:
-                raise ValueError(f"fine-tuning phase {name!r}: no batch of at least 2 images in the training split "
-                                 f"({len(dataset)} images, batch size {batch_size})")
+                raise UsageError(f"{where}: no batch of at least 2 images in the training split ({len(dataset)} "
+                                 f"images, batch size {batch_size}); batch norm needs 2, use a larger --subset or "
+                                 "batch size")
             result.epoch_losses.append(sum(losses) / len(losses))
+    broken = _non_finite_weights(model)
+    if broken:
+        raise NonFiniteLossError(f"{where}: weights not finite after step {result.steps} of {total} "
+                                 f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); lower {lr_option} "
+                                 f"(now {lr:g})")
     model.eval()
     return result
 
 
 def two_phase_finetune(model: nn.Module, head: nn.Module | None, *, frozen_epochs: float, frozen_lr: float,
                        epochs: float, lr: float, weight_decay: float, dataset: Dataset, batch_size: int,
-                       loss_fn: LossFn, runtime: Runtime, progress: Progress, seed: int) -> FinetuneHistory:
+                       loss_fn: LossFn, runtime: Runtime, progress: Progress, seed: int,
+                       protocol: str = "fine-tuning") -> FinetuneHistory:
     """Treneska's schedule: ``frozen_epochs`` training only ``head`` at ``frozen_lr``, then ``epochs`` training
-    all of ``model`` at ``lr``. Without a ``head`` (nothing identifiable as new) the frozen phase is skipped."""
+    all of ``model`` at ``lr``. Without a ``head`` (nothing identifiable as new) the frozen phase is skipped.
+    ``protocol`` (the plugin's name) names the protocol and its learning-rate options in error messages."""
     history = FinetuneHistory()
     common = dict(weight_decay=weight_decay, dataset=dataset, batch_size=batch_size, loss_fn=loss_fn,
-                  runtime=runtime, progress=progress, seed=seed)
+                  runtime=runtime, progress=progress, seed=seed, protocol=protocol)
     if head is not None:
         history.phases.append(run_phase(model, name="frozen", head=head, epochs=frozen_epochs, lr=frozen_lr,
-                                        **common))
+                                        lr_option=f"{protocol}.frozen_lr", **common))
     history.phases.append(run_phase(model, name="unfrozen", head=None, epochs=epochs, lr=lr,
-                                    first_epoch=math.ceil(max(frozen_epochs, 0.0)), **common))
+                                    first_epoch=math.ceil(max(frozen_epochs, 0.0)), lr_option=f"{protocol}.lr",
+                                    **common))
     return history
 
 

@@ -39,7 +39,7 @@ from sslbench.checkpoints import atomic_torch_save, load_cache_file, load_failur
 from sslbench.colour import lab_to_rgb, rgb_to_lab
 from sslbench.config import canonical_json
 from sslbench.datasets.base import subset_indices
-from sslbench.errors import DataError, UsageError
+from sslbench.errors import DataError, NonFiniteLossError, UsageError
 from sslbench.pretext import images_to_rgb
 from sslbench.progress import Progress
 from sslbench.protocol import EvalData
@@ -274,8 +274,16 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 def train_judge(judge: Judge, train: Dataset, cfg: JudgeConfig, runtime: Runtime, seed: int,
                 progress: Progress) -> dict[str, Any]:
     """Train ``judge`` on the labelled colour images of ``train`` (Adam, cosine schedule) through the Runtime;
-    returns a summary (steps, first and last loss, seconds)."""
+    returns a summary (steps, first and last loss, seconds).
+
+    Raises :class:`UsageError` when no batch of 2 images can be formed (batch norm needs 2) and
+    :class:`NonFiniteLossError` naming the step when the loss, or the trained weights, are not finite."""
     size = len(train)  # type: ignore[arg-type]
+    if size < 2 or cfg.judge_batch_size < 2:
+        raise UsageError(f"semantic judge training: {size} training image(s) in batches of {cfg.judge_batch_size}; "
+                         "the judge's batch norm needs batches of at least 2 (use a larger --subset or "
+                         "semantic.judge_batch_size)")
+    hint = f"lower semantic.judge_lr (now {cfg.judge_lr:g})"
     per_epoch = max(1, -(-size // cfg.judge_batch_size))
     total = max(1, round(cfg.judge_epochs * per_epoch))
     model = runtime.wrap(judge)
@@ -297,7 +305,10 @@ def train_judge(judge: Judge, train: Dataset, cfg: JudgeConfig, runtime: Runtime
                     rgb = _augment(rgb, generator)
                 with runtime.autocast():
                     loss = F.cross_entropy(model(rgb).float(), batch["label"])
-                runtime.backward(loss, name="judge loss")
+                try:
+                    runtime.backward(loss, name=f"semantic judge training: loss at step {step + 1} of {total}")
+                except NonFiniteLossError as exc:
+                    raise NonFiniteLossError(f"{exc}; {hint}") from exc
                 runtime.step(opt)
                 runtime.end_step()
                 sched.step()
@@ -307,6 +318,11 @@ def train_judge(judge: Judge, train: Dataset, cfg: JudgeConfig, runtime: Runtime
                 if step >= total:
                     break
             epoch += 1
+    broken = [name for name, value in judge.state_dict().items()
+              if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if broken:
+        raise NonFiniteLossError(f"semantic judge training: weights not finite after step {step} of {total} "
+                                 f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); {hint}")
     judge.eval()
     return {"steps": step, "epochs": step / per_epoch, "train_images": size, "first_loss": losses[0],
             "last_loss": losses[-1], "wall_s": time.perf_counter() - start}

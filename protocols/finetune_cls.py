@@ -11,7 +11,10 @@ Reports ``map`` (%): PASCAL VOC all-point AP averaged over classes, with the (im
 ``difficult`` left out when the dataset provides those flags (VOC devkit), over the evaluation split; ``exact_match``
 (%): the fraction of images whose predicted label set (sigmoid > 0.5) is exactly right, the "accuracy" Treneska et
 al. report (47.18 scratch, 52.83 colorization); ``class/<name>/ap`` (%) for every class with a positive; and the
-mean training loss of the first and last epoch of each phase (``train/...``).
+mean training loss of the first and last epoch of each phase (``train/...``). The evaluation logits, targets and
+difficult flags (all False when the dataset has none) are kept per image (``per_image["map"]``, kind ``ap``) for
+bootstrap intervals. A NaN or infinite loss, weights or evaluation logits stop the protocol with
+:class:`~sslbench.errors.NonFiniteLossError` naming the phase and step (see :mod:`sslbench.protocols._finetune`).
 
 Departures, and why:
 
@@ -37,10 +40,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from sslbench.errors import NonFiniteLossError
 from sslbench.metrics import exact_match_accuracy, mean_average_precision
 from sslbench.pretext import Pretext, Representation, images_to_rgb
 from sslbench.progress import Progress
-from sslbench.protocol import EvalData, Protocol
+from sslbench.protocol import EvalData, PerImage, Protocol
 from sslbench.protocols._finetune import private_copy, safe_name, two_phase_finetune
 from sslbench.registry import register_protocol
 from sslbench.runtime import Runtime
@@ -155,9 +159,16 @@ class FinetuneCls(Protocol):
             model, model.head, frozen_epochs=cfg.frozen_epochs, frozen_lr=cfg.frozen_lr, epochs=cfg.epochs,
             lr=cfg.lr, weight_decay=cfg.weight_decay, dataset=data.train, batch_size=batch_size, loss_fn=bce_loss,
             runtime=runtime, progress=progress, seed=data.seed,
+            protocol="finetune_cls",
         )
         logits, targets, difficult = predict(model, data.test, runtime, data.batch_size, progress)
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteLossError(f"finetune_cls: the fine-tuned model's logits on the evaluation split are not "
+                                     f"finite; lower finetune_cls.lr (now {cfg.lr:g}) or finetune_cls.frozen_lr")
         mean_ap, per_class = mean_average_precision(logits, targets, difficult)
+        flags = torch.zeros_like(targets, dtype=torch.bool) if difficult is None else difficult
+        self.per_image["map"] = PerImage("ap", {"scores": logits.cpu().numpy(), "targets": targets.cpu().numpy(),
+                                                "difficult": flags.cpu().numpy()})
         metrics: dict[str, Any] = {
             "map": 100.0 * mean_ap,
             "exact_match": 100.0 * exact_match_accuracy(logits, targets),

@@ -22,7 +22,10 @@ and mIoU (%) comes from ONE confusion matrix accumulated over every labelled pix
 the ground truth or predicted; also ``pixel_acc`` (%) and ``class/<name>/iou`` (%) for every such class, and the
 mean training loss of the first and last epoch of each phase (``train/...``). ``save_predictions`` writes the
 predicted masks (uint8, (N, H, W), in evaluation order) to ``<cache_dir>/finetune_seg_predictions.pt`` so the
-numbers can be recomputed.
+numbers can be recomputed. Each evaluated image's own confusion matrix is kept (``per_image["miou"]``, kind
+``confusion``, (N, C, C) int64 in evaluation order; their sum is the split's matrix) for bootstrap intervals. A NaN
+or infinite loss, weights or evaluation logits stop the protocol with :class:`~sslbench.errors.NonFiniteLossError`
+naming the phase and step (see :mod:`sslbench.protocols._finetune`).
 
 Departures, and why:
 
@@ -46,10 +49,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from sslbench.checkpoints import atomic_torch_save
-from sslbench.metrics import SegmentationMetrics
+from sslbench.errors import NonFiniteLossError
+from sslbench.metrics import SegmentationMetrics, confusion_matrix
 from sslbench.pretext import Pretext, Representation, images_to_rgb
 from sslbench.progress import Progress
-from sslbench.protocol import EvalData, Protocol
+from sslbench.protocol import EvalData, PerImage, Protocol
 from sslbench.protocols._finetune import HypercolumnDecoder, private_copy, safe_name, two_phase_finetune
 from sslbench.registry import register_protocol
 from sslbench.runtime import Runtime
@@ -146,20 +150,29 @@ def make_loss(ignore_index: int):
 
 @torch.no_grad()
 def evaluate_segmenter(model: nn.Module, dataset: Any, runtime: Runtime, batch_size: int, progress: Progress
-                       ) -> tuple[SegmentationMetrics, torch.Tensor]:
-    """One confusion matrix over ``dataset`` and the predicted masks (uint8 on the CPU, in dataset order)."""
+                       ) -> tuple[SegmentationMetrics, torch.Tensor, torch.Tensor]:
+    """One confusion matrix over ``dataset``, the predicted masks (uint8 on the CPU, in dataset order) and every
+    image's own confusion matrix ((N, C, C) int64 on the CPU, in dataset order; they sum to the split's matrix).
+
+    Raises :class:`NonFiniteLossError` when the model's logits are not finite."""
     model.eval()
-    scores = SegmentationMetrics(dataset.num_mask_classes, dataset.ignore_index)
-    predictions = []
+    num_classes, ignore = dataset.num_mask_classes, dataset.ignore_index
+    scores = SegmentationMetrics(num_classes, ignore)
+    predictions, confusions = [], []
     loader = runtime.loader(dataset, batch_size, shuffle=False, seed=0)
     for batch in progress.track(runtime.batches(loader), "evaluate", total=len(loader)):
         mask = batch["mask"]
         with runtime.autocast():
             logits = model(images_to_rgb(batch["image"]))
-        pred = _logits_at(logits, mask.shape[-2:]).argmax(dim=1)
+        logits = _logits_at(logits, mask.shape[-2:])
+        if not bool(torch.isfinite(logits).all()):
+            raise NonFiniteLossError("finetune_seg: the fine-tuned model's logits on the evaluation split are not "
+                                     "finite; lower finetune_seg.lr or finetune_seg.frozen_lr")
+        pred = logits.argmax(dim=1)
         scores.update(pred, mask)
         predictions.append(pred.to(torch.uint8).cpu())
-    return scores, torch.cat(predictions)
+        confusions.extend(confusion_matrix(p, m, num_classes, ignore).cpu() for p, m in zip(pred, mask))
+    return scores, torch.cat(predictions), torch.stack(confusions)
 
 
 @register_protocol("finetune_seg")
@@ -181,8 +194,10 @@ class FinetuneSeg(Protocol):
             model, head, frozen_epochs=cfg.frozen_epochs, frozen_lr=cfg.frozen_lr, epochs=cfg.epochs, lr=cfg.lr,
             weight_decay=cfg.weight_decay, dataset=data.train, batch_size=cfg.batch_size or data.batch_size,
             loss_fn=make_loss(data.train.ignore_index), runtime=runtime, progress=progress, seed=data.seed,
+            protocol="finetune_seg",
         )
-        scores, predictions = evaluate_segmenter(model, data.test, runtime, data.batch_size, progress)
+        scores, predictions, confusions = evaluate_segmenter(model, data.test, runtime, data.batch_size, progress)
+        self.per_image["miou"] = PerImage("confusion", {"confusion": confusions.numpy()})
         result = scores.compute()
         metrics: dict[str, Any] = {"miou": 100.0 * result["miou"], "pixel_acc": 100.0 * result["pixel_acc"],
                                    "model": kind}

@@ -20,6 +20,7 @@ from sslbench.config import TrainBudget
 from sslbench.datasets import create_dataset
 from sslbench.datasets.base import ImageDataset
 from sslbench.encoders.unet import UNetGenerator
+from sslbench.metrics import mean_average_precision
 from sslbench.pretext import DataInfo, EncoderSpec
 from sslbench.progress import Progress
 from sslbench.protocol import EvalData
@@ -118,6 +119,13 @@ def test_finetune_cls_metrics_and_difficult_flags(synthetic):
     assert metrics["train/frozen_steps"] == 8 and metrics["train/unfrozen_steps"] == 4
     assert metrics["train/frozen_loss_last"] < metrics["train/frozen_loss_first"]
     assert _changed(pretext_before, state_snapshot(pretext)) == set()
+
+    # The per-image arrays kept for bootstrap intervals carry the difficult flags and give back the same mAP.
+    arrays = protocol.per_image["map"].arrays
+    assert np.array_equal(arrays["difficult"][:, 0], arrays["targets"][:, 0] > 0)
+    assert not arrays["difficult"][:, 1:].any()
+    recomputed, _ = mean_average_precision(*(torch.from_numpy(arrays[k]) for k in ("scores", "targets", "difficult")))
+    assert 100.0 * recomputed == metrics["map"]
 
 
 def test_finetune_cls_through_the_runner(tmp_path):
