@@ -4,8 +4,12 @@ The rule is the one of Wu et al. (CVPR 2018, instance discrimination) as VISSL r
 benchmark's successors report it (REFERENCE.md: k = 200, cosine, temperature 0.1): training-split features form the
 memory bank, both sides are L2-normalised, the k most cosine-similar training samples each vote for their label
 with weight exp(similarity / T), and the class with the largest vote is the prediction
-(:func:`sslbench.metrics.knn_classify`). Reports top-1 (%) per tap (``layer/<tap>/top1``, with the feature size as
-``layer/<tap>/dims``) and the best tap (``best/top1``, ``best/layer``).
+(:func:`sslbench.metrics.knn_classify`). Reports, per tap, top-1 (%) on the evaluation split (``layer/<tap>/top1``,
+with the feature size as ``layer/<tap>/dims``) and on a held-out validation part of the training split
+(``layer/<tap>/val_top1``); the tap with the best validation top-1 (ties: the earlier tap) as ``best/layer``, with
+its evaluation top-1 ``best/top1`` and validation top-1 ``best/val_top1``; and the size of the validation part
+(``train/val_images``). Per-image correctness on the evaluation split is kept for bootstrap
+intervals.
 
 Choices and departures:
 
@@ -14,8 +18,13 @@ Choices and departures:
   of about ``target_dims`` dimensions instead, the reduction of the ``linear`` protocol (Goyal et al. / Zhang's
   release), through the same :func:`sslbench.features.extract_features` (so the frozen encoder runs in eval mode
   and features are stored in float16, cached per checkpoint when ``cache_features`` is on).
-- The memory bank is the whole training split without augmentation, and the test split is the dataset's evaluation
-  split; the best layer is selected on the evaluation split, as the papers' tables do.
+- Layer selection: the papers' tables pick the best layer on the evaluation split they report, which biases
+  best-layer numbers upwards. sslbench holds out the seeded ``val_fraction`` of the training split that ``linear``
+  holds out (:func:`sslbench.protocols.linear.validation_split`), scores each tap's kNN on it with the rest of the
+  training split as the memory bank, and picks the layer there. The evaluation-split top-1 then uses the whole
+  training split without augmentation as the memory bank, as in the papers (a kNN classifier has nothing to fit, so
+  using the held-out images as neighbours after the choice leaks nothing about the evaluation split), so
+  ``layer/<tap>/top1`` stays the papers' number and ``best/top1`` is unbiased by the choice.
 - No training, hence no ``epochs`` option: ``--eval-epochs`` does not affect this protocol.
 """
 
@@ -25,10 +34,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sslbench.features import REDUCTIONS, extract_features
-from sslbench.metrics import knn_classify, top1_accuracy
+from sslbench.metrics import knn_classify
 from sslbench.pretext import Pretext
 from sslbench.progress import Progress
-from sslbench.protocol import EvalData, Protocol
+from sslbench.protocol import EvalData, PerImage, Protocol
+from sslbench.protocols.linear import choose_best, correct_values, validation_split
 from sslbench.registry import register_protocol
 from sslbench.runtime import Runtime
 
@@ -47,11 +57,14 @@ class KNNConfig:
     target_dims: int = 9000
     #: Store the extracted features under the run's cache folder and reuse them.
     cache_features: bool = False
+    #: Fraction of the training split held out (seeded by the run's seed) to choose the best layer on.
+    val_fraction: float = 0.1
 
 
 @register_protocol("knn")
 class KNNProtocol(Protocol):
-    """Frozen encoder, weighted kNN (k = 200, cosine, T = 0.1) per tapped layer: top-1 per layer and best."""
+    """Frozen encoder, weighted kNN (k = 200, cosine, T = 0.1) per tapped layer: top-1 per layer and of the
+    validation-chosen layer."""
 
     requires = frozenset({"label"})
     Config = KNNConfig
@@ -70,13 +83,18 @@ class KNNProtocol(Protocol):
         test_x, test_y = extract_features(representation, data.test, runtime, split="test", **common)
         if train_y is None or test_y is None:
             raise ValueError("knn needs a 'label' for every image of both splits")
-        metrics: dict[str, Any] = {}
-        for tap in progress.track(representation.taps, "knn"):
-            scores = knn_classify(train_x[tap.name], train_y, test_x[tap.name], data.train.num_classes,
-                                  k=cfg.k, temperature=cfg.temperature)
-            metrics[f"layer/{tap.name}/top1"] = 100.0 * top1_accuracy(scores, test_y)
-            metrics[f"layer/{tap.name}/dims"] = int(train_x[tap.name].shape[1])
-        best = max(representation.taps, key=lambda t: metrics[f"layer/{t.name}/top1"])
-        metrics["best/top1"] = metrics[f"layer/{best.name}/top1"]
-        metrics["best/layer"] = best.name
+        fit, val = (part.to(train_y.device) for part in
+                    validation_split(len(train_y), cfg.val_fraction, data.seed, option="knn.val_fraction"))
+        metrics: dict[str, Any] = {"train/val_images": len(val)}
+        taps = [tap.name for tap in representation.taps]
+        options = dict(num_classes=data.train.num_classes, k=cfg.k, temperature=cfg.temperature)
+        for tap in progress.track(taps, "knn"):
+            features = train_x[tap]
+            val_scores = knn_classify(features[fit], train_y[fit], features[val], **options)
+            test_values = correct_values(knn_classify(features, train_y, test_x[tap], **options), test_y)
+            metrics[f"layer/{tap}/top1"] = float(test_values.mean())
+            metrics[f"layer/{tap}/val_top1"] = float(correct_values(val_scores, train_y[val]).mean())
+            metrics[f"layer/{tap}/dims"] = int(features.shape[1])
+            self.per_image[f"layer/{tap}/top1"] = PerImage("mean", {"values": test_values})
+        choose_best(metrics, taps, self.per_image)
         return metrics

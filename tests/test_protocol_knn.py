@@ -73,12 +73,17 @@ def test_knn_metrics_match_brute_force_and_are_deterministic(pretext, cifar):
     before = {k: v.clone() for k, v in pretext.state_dict().items()}
     metrics = _evaluate(pretext, cifar)
     taps = [tap.name for tap in pretext.representation().taps]
-    assert set(metrics) == {f"layer/{t}/{m}" for t in taps for m in ("top1", "dims")} | {"best/top1", "best/layer"}
+    assert set(metrics) == ({f"layer/{t}/{m}" for t in taps for m in ("top1", "val_top1", "dims")}
+                            | {"best/top1", "best/val_top1", "best/layer", "train/val_images"})
     for tap, tap_info in zip(taps, pretext.representation().taps):
         assert 0.0 <= metrics[f"layer/{tap}/top1"] <= 100.0
         assert metrics[f"layer/{tap}/dims"] == tap_info.channels
-    assert metrics["best/top1"] == max(metrics[f"layer/{t}/top1"] for t in taps)
-    assert metrics[f"layer/{metrics['best/layer']}/top1"] == metrics["best/top1"]
+    assert metrics["train/val_images"] == NUM_TRAIN // 10
+    # The best layer is the one with the best top-1 on the held-out part of the training split (first on ties).
+    best = next(t for t in taps if metrics[f"layer/{t}/val_top1"] == max(metrics[f"layer/{u}/val_top1"] for u in taps))
+    assert metrics["best/layer"] == best
+    assert metrics["best/top1"] == metrics[f"layer/{best}/top1"]
+    assert metrics["best/val_top1"] == metrics[f"layer/{best}/val_top1"]
 
     train_feats, train_y = _global_features(pretext, cifar[0])
     test_feats, test_y = _global_features(pretext, cifar[1])
