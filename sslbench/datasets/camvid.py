@@ -22,8 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from sslbench.datasets.base import ImageDataset, load_rgb, resolve_root, subset_indices
+from sslbench.datasets.bad_images import bad_mask_errors
+from sslbench.datasets.base import ImageDataset, resolve_root, subset_indices
 from sslbench.datasets.transforms import (
     ImageSize,
     check_split,
@@ -64,6 +66,7 @@ class CamVidDataset(ImageDataset):
     env_var = "SSLBENCH_CAMVID"
     ignore_index = CAMVID_IGNORE_INDEX
     mask_class_names = CAMVID_CLASSES
+    handles_bad_images = True
 
     def __init__(
         self,
@@ -73,6 +76,8 @@ class CamVidDataset(ImageDataset):
         image_size: ImageSize | None = None,
         subset: int | None = None,
         seed: int = 0,
+        on_bad_image: str = "error",
+        min_image_size: int = 8,
     ) -> None:
         """Read the split's list (or pair its folders) and check that every listed file exists.
 
@@ -82,8 +87,12 @@ class CamVidDataset(ImageDataset):
             image_size: output size of image and mask, ``(H, W)`` or int (square); default ``(96, 128)``.
             subset: keep at most this many frames, chosen by ``seed``.
             seed: seed of the subset choice.
+            on_bad_image: ``"error"`` or ``"skip"``: what a bad image file, or a bad mask (kind ``bad_mask``), does
+                (see ``datasets/base.py``).
+            min_image_size: images whose shorter side is below this many pixels are bad (``too_small``).
         """
         check_split(self.name, split, self.splits)
+        self._init_bad_images(on_bad_image, min_image_size)
         self.root = resolve_root(self.name, root, self.env_var, LAYOUT)
         self.split = split
         self.image_size = normalize_image_size(image_size, self.default_image_size)
@@ -140,9 +149,24 @@ class CamVidDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _image_source(self, index: int) -> Path:
+        return self.samples[index][0]
+
+    def _item_fields(self) -> tuple[str, ...]:
+        return ("samples",)
+
+    def _item(self, index: int) -> dict[str, Any]:
+        image = self.load_image(index)
+        with bad_mask_errors(self.samples[index][1]):
+            mask = self._checked_mask(index, image)
+        return {
+            "image": image_to_tensor(resize_crop_image(image, self.image_size)),
+            "mask": mask_to_tensor(resize_crop_mask(mask, self.image_size)),
+        }
+
+    def _checked_mask(self, index: int, image: Image.Image) -> Image.Image:
+        """The mask of item ``index``; :class:`DataError` when it is unreadable or does not fit ``image``."""
         image_path, mask_path = self.samples[index]
-        image = load_rgb(image_path)
         mask = load_mask(mask_path)
         if mask.size != image.size:
             raise DataError(
@@ -154,7 +178,4 @@ class CamVidDataset(ImageDataset):
                 f"mask {mask_path} has values above {CAMVID_IGNORE_INDEX}; expected class indices 0..10 and "
                 f"{CAMVID_IGNORE_INDEX} (unlabelled), not colour codes"
             )
-        return {
-            "image": image_to_tensor(resize_crop_image(image, self.image_size)),
-            "mask": mask_to_tensor(resize_crop_mask(mask, self.image_size)),
-        }
+        return mask

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from sslbench.datasets.base import ImageDataset, load_rgb, resolve_root, subset_indices
+from sslbench.datasets.base import ImageDataset, resolve_root, subset_indices
 from sslbench.datasets.imagefolder import find_class_folders, index_class_folders
 from sslbench.datasets.transforms import (
     ImageSize,
@@ -91,6 +90,7 @@ class CIFAR10Dataset(ImageDataset):
     default_image_size = 32
     env_var = "SSLBENCH_CIFAR10"
     class_names = CIFAR10_CLASSES
+    handles_bad_images = True
 
     def __init__(
         self,
@@ -100,6 +100,8 @@ class CIFAR10Dataset(ImageDataset):
         image_size: ImageSize | None = None,
         subset: int | None = None,
         seed: int = 0,
+        on_bad_image: str = "error",
+        min_image_size: int = 8,
     ) -> None:
         """Find the layout and index (pickled: load) the split.
 
@@ -109,8 +111,12 @@ class CIFAR10Dataset(ImageDataset):
             image_size: output size, int (square) or ``(H, W)``; default 32 (no resizing).
             subset: keep at most this many images, chosen by ``seed``.
             seed: seed of the subset choice.
+            on_bad_image: ``"error"`` or ``"skip"``: what a bad image does (see ``datasets/base.py``); in the pickled
+                layout only ``grayscale`` and ``too_small`` can occur.
+            min_image_size: images whose shorter side is below this many pixels are bad (``too_small``).
         """
         check_split(self.name, split, self.splits)
+        self._init_bad_images(on_bad_image, min_image_size)
         self.root = resolve_root(self.name, root, self.env_var, LAYOUT)
         self.split = split
         self.image_size = normalize_image_size(image_size, self.default_image_size)
@@ -121,6 +127,8 @@ class CIFAR10Dataset(ImageDataset):
         self.samples: list[tuple[str, int]] = []
         #: Label of each kept image.
         self.targets: list[int] = []
+        #: Position of each kept image in the split's batches (pickled layout only).
+        self.positions: list[int] = []
         if self.layout == "pickle":
             parts = [read_cifar_batch(self.data_dir / f) for f in PICKLE_FILES[split]]
             labels = [label for _, part_labels in parts for label in part_labels]
@@ -128,6 +136,7 @@ class CIFAR10Dataset(ImageDataset):
             images = np.concatenate([part_images for part_images, _ in parts])
             self._images = np.ascontiguousarray(images[keep])
             self.targets = [labels[i] for i in keep]
+            self.positions = list(keep)
         else:
             samples = index_class_folders(self.data_dir, CIFAR10_CLASSES)
             keep = subset_indices(len(samples), subset, seed)
@@ -167,12 +176,19 @@ class CIFAR10Dataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _image_source(self, index: int) -> Path | np.ndarray:
         if self._images is not None:
-            image = Image.fromarray(self._images[index])
-        else:
-            image = load_rgb(Path(self.samples[index][0]))
-        image = resize_crop_image(image, self.image_size)
+            return self._images[index]
+        return Path(self.samples[index][0])
+
+    def _array_name(self, index: int) -> str:
+        return f"{self.data_dir}/{'+'.join(PICKLE_FILES[self.split])}#{self.positions[index]}"
+
+    def _item_fields(self) -> tuple[str, ...]:
+        return ("_images", "targets", "positions") if self.layout == "pickle" else ("samples", "targets")
+
+    def _item(self, index: int) -> dict[str, Any]:
+        image = resize_crop_image(self.load_image(index), self.image_size)
         return {"image": image_to_tensor(image), "label": self.targets[index]}
 
     def describe(self) -> dict[str, Any]:

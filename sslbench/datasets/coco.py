@@ -3,11 +3,12 @@
 Layout: ``ROOT/train<year>/<image>`` and, optionally, ``ROOT/val<year>/<image>`` (year 2017 by default, the
 ``year`` option picks e.g. 2014), as the COCO zips unpack; or ROOT being a flat folder of images, which is then the
 ``"train"`` split and the only one. Only the folder itself is listed (COCO's image folders are flat), once, in
-``__init__``, sorted by file name; extensions jpg/jpeg/png/bmp/webp in any case. No annotations are read:
+``__init__``, sorted by file name; extensions jpg/jpeg/png/bmp/webp/tif/tiff in any case. No annotations are read:
 ``provides`` is empty and items hold only ``image``.
 
-About 1% of COCO images are greyscale; they are returned as RGB with three equal channels (``load_rgb``), which a
-colorization pretext sees as grey targets.
+About 1% of COCO images are greyscale. With ``on_bad_image="error"`` (the default) they are returned as RGB with three
+equal channels; with ``"skip"`` (pretext training) they are left out as kind ``grayscale``, since a colorization
+pretext would only learn grey targets from them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sslbench.datasets.base import ImageDataset, load_rgb, resolve_root, subset_indices
+from sslbench.datasets.base import ImageDataset, resolve_root, subset_indices
 from sslbench.datasets.transforms import (
     IMAGE_EXTENSIONS,
     ImageSize,
@@ -52,6 +53,7 @@ class COCOImagesDataset(ImageDataset):
     eval_split = "val"
     default_image_size = 224
     env_var = "SSLBENCH_COCO"
+    handles_bad_images = True
 
     def __init__(
         self,
@@ -62,6 +64,8 @@ class COCOImagesDataset(ImageDataset):
         subset: int | None = None,
         seed: int = 0,
         year: str | int = 2017,
+        on_bad_image: str = "error",
+        min_image_size: int = 8,
     ) -> None:
         """List the split's folder once.
 
@@ -72,8 +76,11 @@ class COCOImagesDataset(ImageDataset):
             subset: keep at most this many images, chosen by ``seed``.
             seed: seed of the subset choice.
             year: the suffix of the split folders, ``train<year>``/``val<year>``.
+            on_bad_image: ``"error"`` or ``"skip"``: what a bad image file does (see ``datasets/base.py``).
+            min_image_size: images whose shorter side is below this many pixels are bad (``too_small``).
         """
         check_split(self.name, split, self.splits)
+        self._init_bad_images(on_bad_image, min_image_size)
         self.root = resolve_root(self.name, root, self.env_var, LAYOUT)
         self.split = split
         self.image_size = normalize_image_size(image_size, self.default_image_size)
@@ -106,8 +113,14 @@ class COCOImagesDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = resize_crop_image(load_rgb(self.paths[index]), self.image_size)
+    def _image_source(self, index: int) -> Path:
+        return self.paths[index]
+
+    def _item_fields(self) -> tuple[str, ...]:
+        return ("paths",)
+
+    def _item(self, index: int) -> dict[str, Any]:
+        image = resize_crop_image(self.load_image(index), self.image_size)
         return {"image": image_to_tensor(image)}
 
     def describe(self) -> dict[str, Any]:

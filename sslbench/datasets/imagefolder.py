@@ -8,7 +8,7 @@ Layouts, checked in this order:
 
 Indexing follows torchvision's ``ImageFolder`` (``torchvision/datasets/folder.py``): class names are the sorted
 folder names, images are found recursively below each class folder (symlinks followed, sorted order), with the
-extensions jpg/jpeg/png/bmp/webp in any case; hidden files and folders (leading ``.``) are skipped. Unlike
+extensions jpg/jpeg/png/bmp/webp/tif/tiff in any case; hidden files and folders (leading ``.``) are skipped. Unlike
 torchvision, the class list of every split is the one of ``train/`` when that exists, so label ``k`` means the same
 class in every split, and a held-out split with a class folder unknown to ``train/`` is an error.
 
@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from sslbench.datasets.base import ImageDataset, load_rgb, resolve_root, subset_indices
+from sslbench.datasets.base import ImageDataset, resolve_root, subset_indices
 from sslbench.datasets.transforms import (
     IMAGE_EXTENSIONS,
     ImageSize,
@@ -91,6 +91,7 @@ class ImageFolderDataset(ImageDataset):
     eval_split = "val"
     default_image_size = 224
     env_var = "SSLBENCH_IMAGEFOLDER"
+    handles_bad_images = True
 
     def __init__(
         self,
@@ -100,6 +101,8 @@ class ImageFolderDataset(ImageDataset):
         image_size: ImageSize | None = None,
         subset: int | None = None,
         seed: int = 0,
+        on_bad_image: str = "error",
+        min_image_size: int = 8,
     ) -> None:
         """Index the tree once.
 
@@ -109,8 +112,11 @@ class ImageFolderDataset(ImageDataset):
             image_size: output size, int (square) or ``(H, W)``; default 224.
             subset: keep at most this many images, chosen by ``seed``.
             seed: seed of the subset choice.
+            on_bad_image: ``"error"`` or ``"skip"``: what a bad image file does (see ``datasets/base.py``).
+            min_image_size: images whose shorter side is below this many pixels are bad (``too_small``).
         """
         check_split(self.name, split, self.splits)
+        self._init_bad_images(on_bad_image, min_image_size)
         self.root = resolve_root(self.name, root, self.env_var, LAYOUT)
         self.split = split
         self.image_size = normalize_image_size(image_size, self.default_image_size)
@@ -159,10 +165,15 @@ class ImageFolderDataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        path, label = self.samples[index]
-        image = resize_crop_image(load_rgb(Path(path)), self.image_size)
-        return {"image": image_to_tensor(image), "label": label}
+    def _image_source(self, index: int) -> Path:
+        return Path(self.samples[index][0])
+
+    def _item_fields(self) -> tuple[str, ...]:
+        return ("samples", "targets")
+
+    def _item(self, index: int) -> dict[str, Any]:
+        image = resize_crop_image(self.load_image(index), self.image_size)
+        return {"image": image_to_tensor(image), "label": self.samples[index][1]}
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from sslbench.datasets.base import ImageDataset, resolve_root, subset_indices
 from sslbench.datasets.transforms import (
@@ -66,6 +65,7 @@ class STL10Dataset(ImageDataset):
     default_image_size = STL10_SIDE
     env_var = "SSLBENCH_STL10"
     class_names = STL10_CLASSES
+    handles_bad_images = True
 
     def __init__(
         self,
@@ -76,6 +76,8 @@ class STL10Dataset(ImageDataset):
         subset: int | None = None,
         seed: int = 0,
         fold: int | None = None,
+        on_bad_image: str = "error",
+        min_image_size: int = 8,
     ) -> None:
         """Check the files and index the split; images are read from a memory map on access.
 
@@ -86,8 +88,12 @@ class STL10Dataset(ImageDataset):
             subset: keep at most this many images (of the fold, when given), chosen by ``seed``.
             seed: seed of the subset choice.
             fold: 0..9: keep only that predefined training fold (train split only).
+            on_bad_image: ``"error"`` or ``"skip"`` (see ``datasets/base.py``); the binary release has no per-image
+                files, so only ``grayscale`` images (and ``too_small``, for min_image_size above 96) can be bad.
+            min_image_size: images whose shorter side is below this many pixels are bad (``too_small``).
         """
         check_split(self.name, split, self.splits)
+        self._init_bad_images(on_bad_image, min_image_size)
         self.root = resolve_root(self.name, root, self.env_var, LAYOUT)
         self.split = split
         self.image_size = normalize_image_size(image_size, self.default_image_size)
@@ -165,10 +171,18 @@ class STL10Dataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
+    def _image_source(self, index: int) -> np.ndarray:
         stored = self._memmap()[self.indices[index]]
-        pixels = np.ascontiguousarray(stored.transpose(2, 1, 0))
-        image = resize_crop_image(Image.fromarray(pixels), self.image_size)
+        return np.ascontiguousarray(stored.transpose(2, 1, 0))
+
+    def _array_name(self, index: int) -> str:
+        return f"{self.images_path}#{self.indices[index]}"
+
+    def _item_fields(self) -> tuple[str, ...]:
+        return ("indices", "targets") if self.has_labels else ("indices",)
+
+    def _item(self, index: int) -> dict[str, Any]:
+        image = resize_crop_image(self.load_image(index), self.image_size)
         item: dict[str, Any] = {"image": image_to_tensor(image)}
         if self.has_labels:
             item["label"] = self.targets[index]

@@ -45,7 +45,7 @@ __all__ = [
 ImageSize = int | tuple[int, int]
 
 #: File extensions (lower case) that the folder-based adapters index.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def is_image_file(filename: str) -> bool:

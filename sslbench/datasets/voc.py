@@ -31,8 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
-from sslbench.datasets.base import ImageDataset, load_rgb, resolve_root, subset_indices
+from sslbench.datasets.bad_images import bad_mask_errors
+from sslbench.datasets.base import ImageDataset, resolve_root, subset_indices
 from sslbench.datasets.transforms import (
     ImageSize,
     check_split,
@@ -128,6 +130,7 @@ class VOC2007Dataset(ImageDataset):
     default_image_size = 224
     env_var = "SSLBENCH_VOC2007"
     class_names = VOC_CLASSES
+    handles_bad_images = True
 
     def __init__(
         self,
@@ -138,6 +141,8 @@ class VOC2007Dataset(ImageDataset):
         subset: int | None = None,
         seed: int = 0,
         train_ids: str = "trainval",
+        on_bad_image: str = "error",
+        min_image_size: int = 8,
     ) -> None:
         """Read the split's ids and parse their annotations.
 
@@ -149,8 +154,11 @@ class VOC2007Dataset(ImageDataset):
             seed: seed of the subset choice.
             train_ids: the ``ImageSets/Main`` file that split ``"train"`` reads: ``"trainval"`` (the VOC07
                 protocol) or ``"train"``.
+            on_bad_image: ``"error"`` or ``"skip"``: what a bad image file does (see ``datasets/base.py``).
+            min_image_size: images whose shorter side is below this many pixels are bad (``too_small``).
         """
         check_split(self.name, split, self.splits)
+        self._init_bad_images(on_bad_image, min_image_size)
         if train_ids not in ("trainval", "train"):
             raise DataError(f"dataset 'voc2007': train_ids must be 'trainval' or 'train', got {train_ids!r}")
         self.root = resolve_root(self.name, root, self.env_var, VOC2007_LAYOUT)
@@ -173,8 +181,14 @@ class VOC2007Dataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = resize_crop_image(load_rgb(self.image_paths[index]), self.image_size)
+    def _image_source(self, index: int) -> Path:
+        return self.image_paths[index]
+
+    def _item_fields(self) -> tuple[str, ...]:
+        return ("ids", "image_paths", "labels", "difficult")
+
+    def _item(self, index: int) -> dict[str, Any]:
+        image = resize_crop_image(self.load_image(index), self.image_size)
         return {
             "image": image_to_tensor(image),
             "labels": torch.from_numpy(self.labels[index].copy()),
@@ -199,6 +213,7 @@ class VOC2012Dataset(ImageDataset):
     env_var = "SSLBENCH_VOC2012"
     ignore_index = 255
     mask_class_names = ("background",) + VOC_CLASSES
+    handles_bad_images = True
 
     def __init__(
         self,
@@ -208,6 +223,8 @@ class VOC2012Dataset(ImageDataset):
         image_size: ImageSize | None = None,
         subset: int | None = None,
         seed: int = 0,
+        on_bad_image: str = "error",
+        min_image_size: int = 8,
     ) -> None:
         """Read the split's ids and check that every image and mask exists.
 
@@ -217,8 +234,12 @@ class VOC2012Dataset(ImageDataset):
             image_size: output size of image and mask, int (square) or ``(H, W)``; default 224.
             subset: keep at most this many images, chosen by ``seed``.
             seed: seed of the subset choice.
+            on_bad_image: ``"error"`` or ``"skip"``: what a bad image file, or a bad mask (kind ``bad_mask``), does
+                (see ``datasets/base.py``).
+            min_image_size: images whose shorter side is below this many pixels are bad (``too_small``).
         """
         check_split(self.name, split, self.splits)
+        self._init_bad_images(on_bad_image, min_image_size)
         self.root = resolve_root(self.name, root, self.env_var, VOC2012_LAYOUT)
         self.split = split
         self.image_size = normalize_image_size(image_size, self.default_image_size)
@@ -238,8 +259,23 @@ class VOC2012Dataset(ImageDataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image = load_rgb(self.image_paths[index])
+    def _image_source(self, index: int) -> Path:
+        return self.image_paths[index]
+
+    def _item_fields(self) -> tuple[str, ...]:
+        return ("ids", "image_paths", "mask_paths")
+
+    def _item(self, index: int) -> dict[str, Any]:
+        image = self.load_image(index)
+        with bad_mask_errors(self.mask_paths[index]):
+            mask = self._checked_mask(index, image)
+        return {
+            "image": image_to_tensor(resize_crop_image(image, self.image_size)),
+            "mask": mask_to_tensor(resize_crop_mask(mask, self.image_size)),
+        }
+
+    def _checked_mask(self, index: int, image: Image.Image) -> Image.Image:
+        """The mask of item ``index``; :class:`DataError` when it is unreadable or does not fit ``image``."""
         mask = load_mask(self.mask_paths[index])
         if mask.size != image.size:
             raise DataError(
@@ -254,7 +290,4 @@ class VOC2012Dataset(ImageDataset):
                 f"mask {self.mask_paths[index]} has values other than 0..{len(self.mask_class_names) - 1} and "
                 f"{self.ignore_index}: it is not a VOC class-index mask"
             )
-        return {
-            "image": image_to_tensor(resize_crop_image(image, self.image_size)),
-            "mask": mask_to_tensor(resize_crop_mask(mask, self.image_size)),
-        }
+        return mask
