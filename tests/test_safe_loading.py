@@ -293,6 +293,7 @@ def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
                           env=env, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_rerun_refuses_a_planted_final_checkpoint(tmp_path):
     common = ["run", "--pretext", "regression", "--protocol", "linear", "--steps", "2", "--subset", "64",
               "--eval-subset", "64", "--set", "encoder.width_mult=0.25", "--set", "linear.epochs=1", "--device",
