@@ -33,29 +33,51 @@ Where sslbench follows the paper, and where it departs:
 - A per-image PSNR is capped at ``psnr_cap`` = 100 dB (an MSE below 1e-10, e.g. the gray row on an image that was
   grayscale already), the usual convention of colorization code, so one exact image cannot make the mean infinite.
 - ``max_images`` (0: all) takes a fixed, seed-independent subset of the evaluation split, spread over the split.
+
+Metric conventions, options recorded with every result (and as the strings ``convention/auc`` and
+``convention/prior`` among the metrics, so a table can say which numbers it compares):
+
+- ``auc``: the paper does not say how the area under the 0..150 curve is normalised. ``mean151`` (default) is the
+  mean of the 151 cumulative fractions at t = 0..150; ``trapezoid`` is the trapezoid rule over [0, 150] divided by
+  150 (:func:`sslbench.metrics.colorization.curve_area`). For a curve f with sum S over the 151 points, mean151 -
+  trapezoid = (f(0) + f(150))/300 - S/(150·151), at most 1/300 of the range either way (on ImageNet validation the
+  gray row is 88.9 by the mean, 89.2 by the trapezoid, published 89.1).
+- ``prior``: ``train`` (default, the training split's prior as above) or ``file:PATH``, where PATH is Zhang's released
+  ``prior_probs.npy`` with its ``pts_in_hull.npy`` beside it (the 313 ImageNet bins, grid ``grid_size`` = 10). Only
+  with Zhang's file is the rebalanced AuC comparable with the published 58.0 (gray); ``rebalance_sigma`` and
+  ``rebalance_lambda`` apply to either prior.
+
+Per-image values (``self.per_image``, for bootstrap intervals over test images), for the pretext's row and, under
+``reference/<row>/``, the reference rows: ``auc`` (kind ``mean`` when every image has the same number of pixels, else
+``ratio`` of its area-under-curve pixel counts over its pixel count), ``auc_rebal`` (``ratio``: weighted counts over
+summed weights), and ``psnr``, ``ssim``, ``colourfulness`` (``mean`` of the per-image values, as reported).
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from sslbench.protocols._judge import dataset_fingerprint, eval_loader, eval_subset, gray_rgb, shared_cache_root
 from sslbench.colour import rgb_to_lab
-from sslbench.colour.bins import ABBins, ABHistogram, ab_bins_from_data, snap_to_grid
+from sslbench.colour.bins import ABBins, ABHistogram, ab_bins_from_data, ab_bins_from_files, snap_to_grid
 from sslbench.colour.rebalance import rebalance_weights
 from sslbench.config import canonical_json
+from sslbench.errors import UsageError
 from sslbench.metrics import AuCAccumulator, colourfulness, psnr, ssim
+from sslbench.metrics.colorization import AUC_RULES, curve_area, per_image_ab_error_counts
 from sslbench.pretext import Pretext, images_to_rgb
 from sslbench.progress import Progress
-from sslbench.protocol import EvalData, Protocol
+from sslbench.protocol import EvalData, PerImage, Protocol
 from sslbench.registry import register_protocol
 from sslbench.runtime import Runtime
 
-__all__ = ["ColorizationConfig", "ColorizationProtocol", "training_prior", "RebalanceTable"]
+__all__ = ["ColorizationConfig", "ColorizationProtocol", "training_prior", "prior_file", "file_prior",
+           "RebalanceTable"]
 
 PRIOR_FORMAT = 1
 #: Priors computed without a cache folder, by key.
@@ -80,6 +102,41 @@ class ColorizationConfig:
     psnr_cap: float = 100.0
     #: Folder for the prior shared across pretexts; empty: see :func:`sslbench.protocols._judge.shared_cache_root`.
     prior_cache: str = ""
+    #: Area under the ab-error curve: ``mean151`` (mean of the points at t = 0..max_threshold) or ``trapezoid``.
+    auc: str = "mean151"
+    #: Rebalancing prior: ``train`` (the training split's) or ``file:PATH`` (Zhang's prior_probs.npy at PATH, with
+    #: pts_in_hull.npy beside it).
+    prior: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.auc not in AUC_RULES:
+            raise UsageError(f"colorization option auc={self.auc!r}: choose one of {', '.join(AUC_RULES)}")
+        if self.auc == "trapezoid" and self.max_threshold < 1:
+            raise UsageError("colorization option auc=trapezoid needs max_threshold >= 1")
+        if self.prior != "train":
+            path = prior_file(self.prior)
+            for needed in (path, path.parent / "pts_in_hull.npy"):
+                if not needed.is_file():
+                    raise UsageError(f"colorization option prior={self.prior!r}: {needed} does not exist; give "
+                                     "file:PATH with PATH Zhang's prior_probs.npy and pts_in_hull.npy beside it")
+
+
+def prior_file(option: str) -> Path:
+    """The path of a ``file:PATH`` prior option."""
+    if not option.startswith("file:") or not option[len("file:"):]:
+        raise UsageError(f"colorization option prior={option!r}: use train or file:PATH (PATH: Zhang's "
+                         "prior_probs.npy, with pts_in_hull.npy beside it)")
+    return Path(option[len("file:"):]).expanduser()
+
+
+def file_prior(option: str, grid_size: int) -> ABBins:
+    """Zhang's released bins and ImageNet prior from ``file:PATH`` (PATH: prior_probs.npy; pts_in_hull.npy beside)."""
+    path = prior_file(option)
+    try:
+        return ab_bins_from_files(path.parent / "pts_in_hull.npy", path, grid_size=grid_size)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"colorization option prior={option!r}: cannot read Zhang's prior from {path} and "
+                         f"{path.parent / 'pts_in_hull.npy'}: {exc}") from exc
 
 
 def training_prior(data: EvalData, runtime: Runtime, grid_size: int, progress: Progress,
@@ -121,18 +178,32 @@ class RebalanceTable:
 
 
 class _Row:
-    """Accumulated metrics of one colorizer over the evaluated images."""
+    """Accumulated metrics of one colorizer over the evaluated images, and their per-image values."""
 
-    def __init__(self, max_threshold: int, with_error_metrics: bool) -> None:
+    def __init__(self, max_threshold: int, with_error_metrics: bool, rule: str = "mean151") -> None:
         self.with_error_metrics = with_error_metrics
+        self.rule = rule
         self.auc = AuCAccumulator(max_threshold)
         self.auc_rebal = AuCAccumulator(max_threshold)
         self.sums: dict[str, torch.Tensor] = {}
+        self.values: dict[str, list[torch.Tensor]] = {}
         self.count = 0
 
     def _add(self, name: str, values: torch.Tensor) -> None:
         total = values.double().sum()
         self.sums[name] = self.sums[name] + total if name in self.sums else total
+        self._keep(name, values)
+
+    def _keep(self, name: str, values: torch.Tensor) -> None:
+        self.values.setdefault(name, []).append(values.detach().double().cpu())
+
+    def _add_auc(self, name: str, pred_ab: torch.Tensor, true_ab: torch.Tensor,
+                 weights: torch.Tensor | None) -> None:
+        acc: AuCAccumulator = getattr(self, name)
+        acc.update(pred_ab, true_ab, weights)
+        counts, totals = per_image_ab_error_counts(pred_ab, true_ab, acc.thresholds, weights)
+        self._keep(f"{name}|num", 100.0 * curve_area(counts, acc.thresholds, self.rule))
+        self._keep(f"{name}|den", totals)
 
     def update(self, pred_rgb: torch.Tensor, true_rgb: torch.Tensor, true_ab: torch.Tensor, weights: torch.Tensor,
                psnr_cap: float) -> None:
@@ -141,16 +212,30 @@ class _Row:
         if not self.with_error_metrics:
             return
         pred_ab = rgb_to_lab(pred_rgb)[:, 1:]
-        self.auc.update(pred_ab, true_ab)
-        self.auc_rebal.update(pred_ab, true_ab, weights)
+        self._add_auc("auc", pred_ab, true_ab, None)
+        self._add_auc("auc_rebal", pred_ab, true_ab, weights)
         self._add("psnr", psnr(pred_rgb, true_rgb).clamp(max=psnr_cap))
         self._add("ssim", ssim(pred_rgb, true_rgb))
 
     def metrics(self) -> dict[str, float]:
         out = {name: float(total) / self.count for name, total in self.sums.items()}
         if self.with_error_metrics:
-            out["auc"] = 100.0 * self.auc.compute()
-            out["auc_rebal"] = 100.0 * self.auc_rebal.compute()
+            for name in ("auc", "auc_rebal"):
+                acc: AuCAccumulator = getattr(self, name)
+                out[name] = 100.0 * float(curve_area(acc.curve(), acc.thresholds, self.rule))
+        return out
+
+    def per_image(self) -> dict[str, PerImage]:
+        """Per-image values from which each of :meth:`metrics` is recomputed (see :class:`PerImage`)."""
+        arrays = {name: torch.cat(parts).numpy() for name, parts in self.values.items()}
+        out = {name: PerImage("mean", {"values": arrays[name]}) for name in self.sums}
+        if self.with_error_metrics:
+            for name in ("auc", "auc_rebal"):
+                num, den = arrays[f"{name}|num"], arrays[f"{name}|den"]
+                if name == "auc" and (den == den[0]).all():
+                    out[name] = PerImage("mean", {"values": num / den})
+                else:
+                    out[name] = PerImage("ratio", {"num": num, "den": den})
         return out
 
 
@@ -165,7 +250,10 @@ class ColorizationProtocol(Protocol):
     @torch.no_grad()
     def evaluate(self, pretext: Pretext, data: EvalData, runtime: Runtime, progress: Progress) -> dict[str, Any]:
         cfg: ColorizationConfig = self.config
-        bins = training_prior(data, runtime, cfg.grid_size, progress, cfg.prior_cache)
+        if cfg.prior == "train":
+            bins = training_prior(data, runtime, cfg.grid_size, progress, cfg.prior_cache)
+        else:
+            bins = file_prior(cfg.prior, cfg.grid_size).to(runtime.device)
         class_weights = rebalance_weights(bins.prior.double(), bins, lam=cfg.rebalance_lambda,
                                           sigma=cfg.rebalance_sigma)
         pixel_weights = RebalanceTable(bins, class_weights)
@@ -174,7 +262,7 @@ class ColorizationProtocol(Protocol):
             "gray": gray_rgb,
             "ground_truth": lambda rgb: rgb,
         }
-        rows = {name: _Row(cfg.max_threshold, name != "ground_truth") for name in colorizers}
+        rows = {name: _Row(cfg.max_threshold, name != "ground_truth", cfg.auc) for name in colorizers}
         loader = eval_loader(eval_subset(data.test, cfg.max_images), data.batch_size, runtime)
         for batch in progress.track(runtime.batches(loader), "colorization", total=len(loader)):
             rgb = images_to_rgb(batch["image"])
@@ -186,6 +274,10 @@ class ColorizationProtocol(Protocol):
                     raise ValueError(f"colorize returned shape {tuple(pred.shape)} for input {tuple(rgb.shape)}")
                 rows[name].update(pred.float().clamp(0.0, 1.0), rgb, true_ab, weights, cfg.psnr_cap)
         metrics: dict[str, Any] = dict(rows["pretext"].metrics())
+        self.per_image = dict(rows["pretext"].per_image())
         for name in ("gray", "ground_truth"):
             metrics.update({f"reference/{name}/{k}": v for k, v in rows[name].metrics().items()})
+            self.per_image.update({f"reference/{name}/{k}": v for k, v in rows[name].per_image().items()})
+        metrics["convention/auc"] = cfg.auc
+        metrics["convention/prior"] = cfg.prior
         return metrics

@@ -23,9 +23,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "AUC_RULES",
     "AuCAccumulator",
     "ab_error_curve",
     "auc_ab",
+    "curve_area",
+    "per_image_ab_error_counts",
     "colourfulness",
     "psnr",
     "ssim",
@@ -320,3 +323,76 @@ def colourfulness(rgb: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     mean_term = torch.sqrt(rg.mean(dim=1) ** 2 + yb.mean(dim=1) ** 2)
     return std_term + 0.3 * mean_term
 
+
+
+#: How the area under a cumulative ab-error curve is normalised (Zhang et al. do not say which; see
+#: :func:`curve_area`).
+AUC_RULES = ("mean151", "trapezoid")
+
+
+def curve_area(curves: torch.Tensor, thresholds: torch.Tensor, rule: str = "mean151") -> torch.Tensor:
+    """Normalised area under cumulative curves sampled at ``thresholds`` (last axis), in float64.
+
+    ``mean151`` is the mean of the ``T`` points (151 for t = 0..150), as :meth:`AuCAccumulator.compute` and
+    :func:`auc_ab`; ``trapezoid`` is the trapezoid rule over ``[thresholds[0], thresholds[-1]]`` divided by that
+    interval's length, which gives the two end points half the weight of the others. Both are linear in the curve, so
+    they also turn per-image cumulative *counts* into per-image numerators of a pooled AuC.
+
+    Args:
+        curves: ``(..., T)`` cumulative values (fractions or counts), one per threshold.
+        thresholds: ``(T,)`` strictly increasing thresholds.
+        rule: one of :data:`AUC_RULES`.
+
+    Returns:
+        ``curves.shape[:-1]`` float64 tensor on the curves' device.
+    """
+    if rule not in AUC_RULES:
+        raise ValueError(f"AuC rule {rule!r}: choose one of {', '.join(AUC_RULES)}")
+    values = curves.to(torch.float64)
+    if values.shape[-1] != thresholds.numel():
+        raise ValueError(f"curves have {values.shape[-1]} points for {thresholds.numel()} thresholds")
+    if rule == "mean151":
+        return values.mean(dim=-1)
+    t = thresholds.to(device=values.device, dtype=torch.float64)
+    span = t[-1] - t[0]
+    if values.shape[-1] < 2 or not bool(span > 0):
+        raise ValueError("the trapezoid rule needs at least two thresholds")
+    return torch.trapezoid(values, t, dim=-1) / span
+
+
+def per_image_ab_error_counts(
+    pred_ab: torch.Tensor,
+    true_ab: torch.Tensor,
+    thresholds: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image cumulative (weighted) pixel counts of ab error ``<= t``, and per-image total weight.
+
+    The same decision of ``error <= t`` as :class:`AuCAccumulator` (so summing the counts over images gives its
+    curve times its total), kept per image for bootstrap intervals over test images.
+
+    Args:
+        pred_ab, true_ab: ``(N, 2, H, W)`` ab in Lab units.
+        thresholds: ``(T,)`` strictly increasing thresholds.
+        weights: optional per-pixel weights broadcastable to ``(N, H, W)`` (or ``(N, 1, H, W)``).
+
+    Returns:
+        ``(N, T)`` float64 cumulative counts and ``(N,)`` float64 totals (pixel counts, or summed weights).
+    """
+    err = _ab_errors(pred_ab, true_ab)
+    n = err.shape[0]
+    boundaries = thresholds.to(device=err.device, dtype=err.dtype)
+    size = boundaries.numel() + 1
+    bins = torch.bucketize(err.reshape(n, -1), boundaries, right=False)
+    bins = bins + torch.arange(n, device=err.device).unsqueeze(1) * size
+    if weights is None:
+        w = None
+        totals = torch.full((n,), float(err.shape[1] * err.shape[2]), dtype=torch.float64, device=err.device)
+    else:
+        weights = weights.to(device=err.device)
+        if weights.ndim == 4 and weights.shape[1] == 1:
+            weights = weights[:, 0]
+        w = torch.broadcast_to(weights, err.shape).reshape(-1).to(torch.float64)
+        totals = w.reshape(n, -1).sum(dim=1)
+    counts = torch.bincount(bins.reshape(-1), weights=w, minlength=n * size).to(torch.float64).reshape(n, size)
+    return torch.cumsum(counts[:, :-1], dim=1), totals
