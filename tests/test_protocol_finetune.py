@@ -8,6 +8,8 @@ synthetic multi-labels and on real CamVid, whose mIoU is recomputed from the sav
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
+from sslbench.cli import main
 from sslbench.colour import normalize_l, rgb_to_lab
-from sslbench.config import TrainBudget
 from sslbench.datasets import create_dataset
 from sslbench.datasets.base import ImageDataset
 from sslbench.encoders.unet import UNetGenerator
@@ -29,7 +31,6 @@ from sslbench.protocols.finetune_cls import FinetuneCls, FinetuneClsConfig, bce_
 from sslbench.protocols.finetune_seg import (PREDICTIONS_FILE, FinetuneSeg, FinetuneSegConfig, build_segmenter,
                                             make_loss)
 from sslbench.registry import get_pretext_class
-from sslbench.runner import RunRequest, run
 from sslbench.runtime import Runtime, seed_everything
 
 RandomInit = get_pretext_class("random")
@@ -40,6 +41,13 @@ ENCODER = EncoderSpec("vgg_small", {"width_mult": 0.5}, 32)
 def _random_pretext() -> Any:
     seed_everything(0)
     return RandomInit(RandomInit.Config(), ENCODER, DataInfo("synthetic", 32, 8)).eval()
+
+
+def _run_cli(args: list[str], out: Path, cache: Path) -> list[dict[str, Any]]:
+    """``sslbench run`` on the CPU, quietly, with these arguments; its records, in path order."""
+    code = main(["run", "--device", "cpu", "--quiet", "--out", str(out), "--cache-dir", str(cache), *args])
+    assert code == 0
+    return [json.loads(path.read_text()) for path in sorted(out.rglob("*__seed*.json"))]
 
 
 def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> set[str]:
@@ -129,11 +137,10 @@ def test_finetune_cls_metrics_and_difficult_flags(synthetic):
 
 
 def test_finetune_cls_through_the_runner(tmp_path):
-    req = RunRequest(pretexts=["random"], protocols=["finetune_cls"], dataset="synthetic", device="cpu",
-                     out=tmp_path / "runs", cache_dir=tmp_path / "cache", subset=96, eval_subset=64,
-                     eval_batch_size=32, eval_epochs=0.5,
-                     options={"finetune_cls": {"frozen_epochs": "1", "hidden": "32"}, "encoder": {"width_mult": "0.5"}})
-    (record,) = run(req).records
+    (record,) = _run_cli(["--pretext", "random", "--protocol", "finetune_cls", "--subset", "96", "--eval-subset", "64",
+                          "--eval-batch-size", "32", "--eval-epochs", "0.5", "--set", "finetune_cls.frozen_epochs=1",
+                          "--set", "finetune_cls.hidden=32", "--set", "encoder.width_mult=0.5"],
+                         tmp_path / "runs", tmp_path / "cache")
     assert record["status"] == "ok", record.get("reason")
     assert record["config"]["protocol_options"]["epochs"] == 0.5  # --eval-epochs sets the unfrozen phase
     metrics = record["metrics"]
@@ -201,14 +208,14 @@ def _iou_from_saved(predictions: torch.Tensor, masks: np.ndarray, num_classes: i
 
 def test_finetune_seg_on_real_camvid_through_the_runner(shared_data, tmp_path):
     size = (48, 64)
-    req = RunRequest(pretexts=["random", "cgan"], protocols=["finetune_seg"], dataset="camvid",
-                     data_root=str(shared_data / "camvid"), device="cpu", out=tmp_path / "runs",
-                     cache_dir=tmp_path / "cache", image_size=size, subset=32, eval_subset=16, eval_batch_size=16,
-                     budget=TrainBudget(steps=2, batch_size=8),
-                     options={"finetune_seg": {"frozen_epochs": "1", "epochs": "2", "batch_size": "8",
-                                               "decoder_channels": "32", "save_predictions": "true"},
-                              "encoder": {"width_mult": "0.5"}})
-    records = run(req).records
+    args = ["--protocol", "finetune_seg", "--dataset", "camvid", "--data-root", str(shared_data / "camvid"),
+            "--image-size", "48,64", "--subset", "32", "--eval-subset", "16", "--eval-batch-size", "16",
+            "--steps", "2", "--batch-size", "8", "--set", "encoder.width_mult=0.5"]
+    for option in ("frozen_epochs=1", "epochs=2", "batch_size=8", "decoder_channels=32", "save_predictions=true"):
+        args += ["--set", f"finetune_seg.{option}"]
+    # One run per pretext, each with its own cache, so each cache holds the predictions of one record.
+    records = [_run_cli(["--pretext", name, *args], tmp_path / f"runs-{name}", tmp_path / f"cache-{name}")[0]
+               for name in ("random", "cgan")]
     assert [r["pretext"] for r in records] == ["random", "cgan"]
     val = create_dataset("camvid", root=shared_data / "camvid", split="val", image_size=size, subset=16)
     masks = torch.stack([val[i]["mask"] for i in range(len(val))]).numpy()
@@ -221,7 +228,8 @@ def test_finetune_seg_on_real_camvid_through_the_runner(shared_data, tmp_path):
         assert metrics["miou"] == pytest.approx(float(np.mean(list(ious.values()))), abs=1e-9)
         assert metrics["train"]["unfrozen_loss_last"] < metrics["train"]["frozen_loss_first"]
 
-        saved = torch.load(tmp_path / "cache" / "features" / record["pretext_hash"] / PREDICTIONS_FILE)
+        (saved_file,) = (tmp_path / f"cache-{record['pretext']}").rglob(PREDICTIONS_FILE)
+        saved = torch.load(saved_file)
         assert saved["predictions"].shape == masks.shape
         miou, per_class, pixel_acc = _iou_from_saved(saved["predictions"], masks, 11, val.ignore_index)
         assert metrics["miou"] == pytest.approx(miou, abs=1e-9)

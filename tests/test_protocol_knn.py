@@ -6,16 +6,19 @@ computed here straight from the representation, without ``extract_features`` or 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from sslbench.cli import main
 from sslbench.datasets import create_dataset
 from sslbench.pretext import DataInfo, EncoderSpec, images_to_rgb
 from sslbench.progress import Progress
 from sslbench.protocol import EvalData
+from sslbench.records import read_per_image
 from sslbench.registry import get_pretext_class, get_protocol_class
-from sslbench.runner import RunRequest, run
 from sslbench.runtime import Runtime, seed_everything
 
 NUM_TRAIN, NUM_TEST = 500, 200
@@ -113,14 +116,19 @@ def test_knn_options_reduction_and_k(pretext, cifar):
         _evaluate(pretext, cifar, reduction="max")
 
 
-def test_knn_through_the_runner(shared_data, tmp_path):
-    req = RunRequest(pretexts=["random"], protocols=["knn"], dataset="cifar10", data_root=str(shared_data / "cifar10"),
-                     device="cpu", out=tmp_path / "runs", cache_dir=tmp_path / "cache", subset=NUM_TRAIN,
-                     eval_subset=NUM_TEST, eval_batch_size=100, options={"knn": {"cache_features": "true"}})
-    (record,) = run(req).records
+def test_knn_through_the_runner(shared_data, tmp_path, capsys):
+    code = main(["run", "--pretext", "random", "--protocol", "knn", "--dataset", "cifar10", "--data-root",
+                 str(shared_data / "cifar10"), "--device", "cpu", "--quiet", "--out", str(tmp_path / "runs"),
+                 "--cache-dir", str(tmp_path / "cache"), "--subset", str(NUM_TRAIN), "--eval-subset", str(NUM_TEST),
+                 "--eval-batch-size", "100", "--set", "knn.cache_features=true"])
+    assert code == 0, capsys.readouterr().err
+    (path,) = (tmp_path / "runs").rglob("*__seed*.json")
+    record = json.loads(path.read_text())
     assert record["status"] == "ok", record.get("reason")
     metrics = record["metrics"]
     assert metrics["best"]["layer"] in metrics["layer"]
     assert 0.0 <= metrics["best"]["top1"] <= 100.0
+    best = read_per_image(path)["best/top1"].arrays["values"]
+    assert best.shape == (NUM_TEST,) and float(best.mean()) == metrics["best"]["top1"]
     assert record["config"]["protocol_options"]["k"] == 200
     assert any((tmp_path / "cache" / "features").rglob("*global*.pt"))
