@@ -111,10 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     lst.add_argument("--filter", default="*", help="wildcard filter on names, e.g. 'timm*'")
 
     table = sub.add_parser("table", help="aggregate run records into a table",
-                           description="Turn run records into a Markdown, LaTeX or CSV table (mean ± std over seeds).")
+                           description="Turn run records into a Markdown, LaTeX or CSV table: one row per variant, "
+                                       "mean ± std over seeds with each cell's number of seeds; seeds that ran "
+                                       "different configs are never averaged. Unreadable records are reported.")
     table.add_argument("--runs", type=Path, default=Path("results/runs"), help="record folder (default: results/runs)")
     table.add_argument("--format", default="md", choices=["md", "latex", "csv"])
-    table.add_argument("--metrics", type=_names, default=None, help="only these metrics (e.g. best/top1,miou)")
+    table.add_argument("--metrics", type=_names, default=None,
+                       help="only these metrics, in every format (e.g. best/top1,miou; a name also matches "
+                            "metrics ending in /NAME or starting with NAME/)")
+    table.add_argument("--layout", default="columns", choices=["columns", "rows"],
+                       help="rows: the colorization protocols' gray and ground-truth reference values as rows "
+                            "(Zhang et al. 2016, Table 1) instead of columns (default: columns)")
+    table.add_argument("--ci", action="store_true",
+                       help="95%% bootstrap intervals over test images (1000 resamples) from the records' "
+                            "per-image files instead of ± std")
+    table.add_argument("--reference", type=_names, default=[], metavar="KEY[,KEY]",
+                       help="add published rows (zhang2016, splitbrain2017, larsson2017, treneska2022) in the "
+                            "columns they correspond to")
+    table.add_argument("--digits", type=int, default=1, help="decimals (default: 1; SSIM gets at least 3)")
     table.add_argument("--output", type=Path, default=None, help="write to this file instead of stdout")
     return parser
 
@@ -139,24 +153,22 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn(table: Any) -> None:
+    for warning in table.warnings:
+        print(f"sslbench table: warning: {warning}", file=sys.stderr)
+
+
 def _print_table(records: list[dict[str, Any]], console: Any) -> None:
-    """A rich table on a terminal; the Markdown table otherwise (pipes and logs keep every column)."""
-    from rich.table import Table
+    """A rich table on a terminal when it fits its width; the Markdown table otherwise (pipes, logs and narrow
+    terminals keep every column and every name whole). Warnings go to stderr."""
+    from sslbench.tables import build_table, print_rich, render
 
-    from sslbench.tables import SYNTHETIC_NOTE, comparison_frame, make_table
-
-    if not console.is_terminal:
-        print(make_table(records, "md"))
-        return
-    frame, synthetic = comparison_frame(records)
-    table = Table(title="sslbench comparison", show_lines=False)
-    for i, column in enumerate(frame.columns):
-        table.add_column(str(column), justify="left" if i < 3 else "right")
-    for row in frame.itertuples(index=False):
-        table.add_row(*[str(v) for v in row])
-    console.print(table)
-    if synthetic:
-        console.print(SYNTHETIC_NOTE)
+    table = build_table(records)
+    _warn(table)
+    if console.is_terminal:
+        print_rich(table, console)
+    else:
+        print(render(table, "md"))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -202,12 +214,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_table(args: argparse.Namespace) -> int:
     from sslbench.records import load_records
-    from sslbench.tables import make_table
+    from sslbench.tables import build_table, render
 
     records = load_records(args.runs)
+    for problem in records.problems:
+        print(f"sslbench table: warning: skipped unreadable record {problem}", file=sys.stderr)
     if not records:
-        raise UsageError(f"--runs {args.runs}: no run records found there")
-    text = make_table(records, args.format, metrics=args.metrics)
+        raise UsageError(f"--runs {args.runs}: no readable run records found there")
+    if args.digits < 0:
+        raise UsageError(f"--digits {args.digits}: expected 0 or more")
+    table = build_table(records, args.metrics, layout=args.layout, ci=args.ci, references=args.reference,
+                        digits=args.digits)
+    _warn(table)
+    text = render(table, args.format)
     if args.output:
         args.output.write_text(text + "\n")
     else:

@@ -144,6 +144,6 @@ def test_cli_acceptance_colorization_and_semantic(shared_data, tmp_path, capsys,
         assert 0.0 <= top1 <= 100.0
     assert (cache / "judges").is_dir() and (cache / "priors").is_dir()
     table = make_table(records.values())
-    for column in ("colorization auc", "colorization reference/gray/auc_rebal", "semantic top1",
-                   "semantic reference/gray/top1", "semantic reference/ground_truth/top1"):
+    for column in ("colorization / auc", "colorization / gray auc_rebal", "semantic / top1",
+                   "semantic / gray top1", "semantic / ground_truth top1"):
         assert column in table
