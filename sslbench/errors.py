@@ -64,6 +64,10 @@ class CacheError(SslbenchError):
         )
 
 
+class DiskFullError(SslbenchError):
+    """A folder the run writes to has no room left; the message names it and the free space."""
+
+
 class AmbiguousPluginError(UsageError):
     """A bare plugin name that several third-party plugins (and no built-in) take; the message lists the qualified
     ``DIST:NAME`` of each, which resolve."""
