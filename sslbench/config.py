@@ -69,6 +69,12 @@ def config_hash(obj: Any, length: int = 16) -> str:
 def parse_value(text: str, like: Any = None) -> Any:
     """Parse a command-line value, guided by the type of the default it replaces."""
     if not isinstance(text, str):
+        # Values from an experiment file arrive typed: an integer for a float option is the same value, and must
+        # hash like the float a command-line string gives.
+        if isinstance(like, float) and isinstance(text, int) and not isinstance(text, bool):
+            return float(text)
+        if isinstance(like, tuple) and isinstance(text, list):
+            return tuple(text)
         return text
     if isinstance(like, bool):
         low = text.lower()

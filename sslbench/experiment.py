@@ -12,8 +12,8 @@ pretext **variants**; every table is optional except ``[variants]`` and ``[proto
     eval_epochs = 10                     # epochs of every protocol that trains (probes, fine-tuning)
 
     [datasets.cifar10]                   # one table per dataset; data_root is relative to this file
-    subset = 3000                        # images of the pretext and probe splits; eval_subset for the eval split
-    eval_subset = 1000
+    subset = 3000                        # images of the pretext split (and of the probe split unless probe_subset)
+    eval_subset = 1000                   # images of the evaluation split
     # image_size = 32, pretext_split = "train", probe_split = "train", eval_split = "test", adapter options...
 
     [encoders.vgg_small]                 # encoder options
@@ -51,7 +51,7 @@ __all__ = ["Experiment", "DatasetSpec", "VariantSpec", "Budget", "load_experimen
 
 #: A variant name is a file-name-safe token (it names record files); ``__`` separates fields in those names.
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-DATASET_KEYS = {"data_root", "image_size", "subset", "eval_subset", "pretext_split", "probe_split", "eval_split"}
+DATASET_KEYS = {"data_root", "image_size", "subset", "probe_subset", "eval_subset", "pretext_split", "probe_split", "eval_split"}
 TOP_KEYS = {"name", "seeds", "device", "precision", "workers", "out", "cache_dir", "checkpoint_every",
             "allow_eval_on_train", "budget", "datasets", "encoders", "protocols", "variants"}
 BUDGET_KEYS = {"epochs", "steps", "batch_size", "eval_epochs", "eval_batch_size"}
@@ -76,6 +76,8 @@ class DatasetSpec:
     data_root: str | None = None
     image_size: int | tuple[int, int] | None = None
     subset: int | None = None
+    #: Images of the probe split; default: ``subset``.
+    probe_subset: int | None = None
     eval_subset: int | None = None
     pretext_split: str | None = None
     probe_split: str | None = None
@@ -141,6 +143,15 @@ def _image_size(value: Any, where: str) -> int | tuple[int, int] | None:
     raise UsageError(f"{where} must be a positive integer or [height, width]")
 
 
+def _number(value: Any, key: str, where: str) -> float | int:
+    """A budget value with the type the command line gives it (epochs are floats, counts are integers)."""
+    integer = key in ("steps", "batch_size", "eval_batch_size")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)) \
+            or value <= 0:
+        raise UsageError(f"{where} {key} must be a positive {'integer' if integer else 'number'}, got {value!r}")
+    return value if integer else float(value)
+
+
 def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment file; every problem is a :class:`UsageError` naming the file and the key."""
     path = Path(path)
@@ -179,7 +190,7 @@ def load_experiment(path: str | Path) -> Experiment:
     if unknown:
         raise UsageError(f"{where}: [budget] has no key(s) {', '.join(sorted(unknown))}; it takes "
                          f"{', '.join(sorted(BUDGET_KEYS))}")
-    exp.budget = Budget(**{k: budget[k] for k in BUDGET_KEYS if k in budget})
+    exp.budget = Budget(**{k: _number(budget[k], k, f"{where}: [budget]") for k in BUDGET_KEYS if k in budget})
 
     datasets = _table(raw.get("datasets"), f"{where}: [datasets]")
     if datasets:

@@ -128,6 +128,7 @@ class DatasetPlan:
     options: dict[str, Any]
     image_size: Any
     subset: int | None
+    probe_subset: int | None
     eval_subset: int | None
     pretext_split: str
     probe_split: str
@@ -151,7 +152,8 @@ class DatasetPlan:
     def describe(self) -> dict[str, Any]:
         """What records say of this dataset: splits, sizes, fingerprints, options."""
         return {"dataset": self.name, "data_root": self.data_root, "dataset_options": self.options,
-                "image_size": self.image_size, "subset": self.subset, "eval_subset": self.eval_subset,
+                "image_size": self.image_size, "subset": self.subset, "probe_subset": self.probe_subset,
+                "eval_subset": self.eval_subset,
                 "pretext_split": self.pretext_split, "probe_split": self.probe_split, "eval_split": self.eval_split,
                 "eval_on_train": self.eval_on_train, "fingerprints": dict(self.fingerprints)}
 
@@ -305,10 +307,12 @@ def _datasets(exp: Experiment) -> list[DatasetPlan]:
                 f"dataset {spec.name!r}: the evaluation split {eval_split!r} is also a training split (pretext "
                 f"{pretext_split!r}, probe {probe_split!r}); results would measure memorisation. Choose another "
                 "--eval-split, or pass --allow-eval-on-train to do it anyway (it is recorded)")
-        plan = DatasetPlan(spec.name, cls, spec.data_root, options, None, spec.subset, spec.eval_subset,
+        plan = DatasetPlan(spec.name, cls, spec.data_root, options, None, spec.subset, spec.probe_subset,
+                           spec.eval_subset,
                            pretext_split, probe_split, eval_split, bool(overlap))
         bad_image_option = "on_bad_image" in options and "on_bad_image" not in spec.options
-        for role, split, subset in (("pretext", pretext_split, spec.subset), ("probe", probe_split, spec.subset),
+        probe_subset = spec.probe_subset if spec.probe_subset is not None else spec.subset
+        for role, split, subset in (("pretext", pretext_split, spec.subset), ("probe", probe_split, probe_subset),
                                     ("eval", eval_split, spec.eval_subset)):
             split_options = dict(options)
             if bad_image_option:
@@ -375,10 +379,12 @@ def resolve_plan(exp: Experiment, cache_dir: Path) -> RunPlan:
     _check_compatible(variants, protocols, datasets)
     out = Path(exp.out)
     units = []
+    # Seeds outermost: every variant has its first seed recorded before any has its last.
+    all_seeds = list(dict.fromkeys(seed for variant in variants for seed in variant.seeds))
     for dataset in datasets:
         for encoder in encoders:
-            for variant in variants:
-                for seed in variant.seeds:
+            for seed in all_seeds:
+                for variant in [v for v in variants if seed in v.seeds]:
                     run_config = _run_config(exp, dataset, encoder, variant, seed)
                     unit = Unit(dataset, encoder, variant, seed, run_config, config_hash(run_config))
                     for protocol in protocols:

@@ -108,6 +108,8 @@ def add_parser(sub: Any) -> None:
                                                                             "(default: the dataset's)")
     budget.add_argument("--subset", type=_positive_int, default=None,
                         help="use at most N images of the pretext and probe splits")
+    budget.add_argument("--probe-subset", type=_positive_int, default=None,
+                        help="use at most N images of the probe split (default: --subset)")
     budget.add_argument("--eval-subset", type=_positive_int, default=None,
                         help="use at most N images of the evaluation split")
     budget.add_argument("--workers", type=int, default=None, help="data-loader worker processes (default: 0)")
@@ -140,7 +142,7 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
             exp.encoders = {args.encoder: {}}
     for dataset in exp.datasets:
         for flag, key in (("data_root", "data_root"), ("image_size", "image_size"), ("subset", "subset"),
-                          ("eval_subset", "eval_subset"), ("pretext_split", "pretext_split"),
+                          ("probe_subset", "probe_subset"), ("eval_subset", "eval_subset"), ("pretext_split", "pretext_split"),
                           ("probe_split", "probe_split"), ("eval_split", "eval_split")):
             if getattr(args, flag) is not None:
                 setattr(dataset, key, getattr(args, flag))

@@ -47,7 +47,7 @@ FORMATS = ("md", "latex", "csv")
 LAYOUTS = ("columns", "rows")
 #: Bookkeeping kept in records but left out of tables unless asked for with ``metrics``: feature sizes,
 #: training-loop statistics, judge provenance.
-HIDDEN_LEAVES = frozenset({"dims"})
+HIDDEN_LEAVES = frozenset({"dims", "val_top1"})
 HIDDEN_ROOTS = frozenset({"train", "judge"})
 #: Metric leaves where a lower number is better (none yet; errors or distances would go here).
 LOWER_IS_BETTER: frozenset[str] = frozenset()

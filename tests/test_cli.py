@@ -62,7 +62,7 @@ def test_bad_plugin_option(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "no option 'los'" in err and "loss" in err
     assert main(["run", "--pretext", "regression", "--set", "quantized.rebalance=false", "--out", str(tmp_path)]) == 2
-    assert "'quantized' is none of this run's plugins" in capsys.readouterr().err
+    assert "'quantized' is none of this run's variants, pretexts" in capsys.readouterr().err
 
 
 def test_bad_flag_values_exit_2(tmp_path):

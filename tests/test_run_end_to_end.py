@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from sslbench.cli import main
-from sslbench.config import TrainBudget
-from sslbench.runner import RunRequest, run
+from sslbench.experiment import DatasetSpec, Experiment, VariantSpec
+from sslbench.plan import resolve_plan
+from sslbench.runner import run
 
 
 def _records(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(root.rglob("*__seed*.json"))]
 
 
 def _best(records: list[dict], pretext: str, seed: int) -> float:
@@ -32,10 +33,11 @@ def test_regression_beats_random_on_synthetic_over_two_seeds(tmp_path):
 
     150 steps (10 epochs of 1000 images): measured 54.5 vs 40.3 (seed 0) and 54.8 vs 39.8 (seed 1) best-stage top-1;
     at 60 steps regression had not yet overtaken the untrained encoder's strong random features."""
-    req = RunRequest(pretexts=["random", "regression"], protocols=["linear"], seeds=[0, 1], device="cpu",
-                     out=tmp_path / "runs", cache_dir=tmp_path / "cache", budget=TrainBudget(epochs=10),
-                     subset=1000, eval_subset=400, eval_epochs=20)
-    outcome = run(req)
+    exp = Experiment(variants=[VariantSpec("random", "random"), VariantSpec("regression", "regression")],
+                     protocols={"linear": {}}, datasets=[DatasetSpec("synthetic", subset=1000, eval_subset=400)],
+                     seeds=[0, 1], device="cpu", out=tmp_path / "runs")
+    exp.budget.epochs, exp.budget.eval_epochs = 10.0, 20.0
+    outcome = run(resolve_plan(exp, tmp_path / "cache"))
     records = _records(tmp_path / "runs")
     assert len(records) == 4 and not outcome.failed
     for seed in (0, 1):
@@ -48,7 +50,7 @@ def test_regression_beats_random_on_synthetic_over_two_seeds(tmp_path):
     assert {"python", "torchvision", "timm", "numba", "device", "git_commit", "command"} <= set(regression["env"])
     assert regression["env"]["numba"] is not None
     assert regression["config"]["pretext_run"]["pretext_options"]["loss"] == "l2"
-    assert regression["data"]["train"]["synthetic"] is True
+    assert regression["data"]["pretext"]["synthetic"] is True
 
 
 def test_cifar10_real_images_end_to_end(tmp_path, shared_data, capsys):
@@ -60,11 +62,11 @@ def test_cifar10_real_images_end_to_end(tmp_path, shared_data, capsys):
     assert code == 0
     (record,) = _records(tmp_path / "runs")
     assert record["status"] == "ok" and record["dataset"] == "cifar10"
-    assert record["counts"] == {"train_images": 300, "eval_images": 200}
+    assert record["counts"] == {"train_images": 300, "probe_images": 300, "eval_images": 200}
     assert 0.0 <= record["metrics"]["best"]["top1"] <= 100.0
-    assert record["data"]["train"]["synthetic"] is False
+    assert record["data"]["pretext"]["synthetic"] is False
     assert record["train"]["steps"] == 8  # 2 epochs of 300 images at batch 64: 4 full batches each
-    assert "regression" in out and "linear best/top1" in out
+    assert "regression" in out and "linear (top1) / best" in out
 
 
 def test_rerun_skips_recorded_work_and_force_redoes_it(tmp_path, capsys):
@@ -124,6 +126,11 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
         assert torch.equal(value, resumed_state["state_dict"][key]), key
     (record,) = _records(tmp_path / "killed" / "runs")
     assert record["status"] == "ok"
+    # Training statistics add up over both processes: 60 steps of 64 images, one resume.
+    assert record["train"]["steps"] == 60 and record["train"]["images"] == 60 * 64
+    assert record["train"]["sessions"] == 2 and len(record["train"]["resumes"]) == 1
+    assert record["train"]["resumes"][0]["step"] == resumed_state["summary"]["resumed_from_step"]
+    assert record["train"]["wall_s"] > 0 and record["train"]["history"][-1]["step"] == 60
     again = _cli_process(args, tmp_path)
     out, err = again.communicate(timeout=600)
     assert again.returncode == 0 and "0 evaluated, 1 already recorded" in err
