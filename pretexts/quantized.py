@@ -75,6 +75,7 @@ class Quantized(Pretext):
     """Predict a distribution over quantised ab from L with soft-encoded, rebalanced cross-entropy (Zhang 2016)."""
 
     Config = QuantizedConfig
+    inference_options = frozenset({"temperature"})
 
     def __init__(self, config: QuantizedConfig, encoder: EncoderSpec, data: DataInfo) -> None:
         super().__init__(config, encoder, data)

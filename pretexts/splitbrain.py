@@ -117,6 +117,7 @@ class SplitBrain(Pretext):
     """Two half-width sub-networks: L -> ab and ab -> L by classification; features concatenated (Zhang 2017)."""
 
     Config = SplitBrainConfig
+    inference_options = frozenset({"temperature"})
 
     def __init__(self, config: SplitBrainConfig, encoder: EncoderSpec, data: DataInfo) -> None:
         super().__init__(config, encoder, data)

@@ -10,11 +10,12 @@ nothing downstream re-derives a size, a seed, a split or a hash.
 
 What the hashes cover:
 
-- **checkpoint**: the resolved pretext, encoder and dataset configs, the image size, the pretext split, its size and
+- **checkpoint**: the resolved pretext config (less its ``inference_options``, which only decoding reads), the encoder
+  and dataset configs, the image size, the pretext split, its size and
   data fingerprint, the seed, the training budget, the precision, and the pretext plugin's identity (its ``version``
   attribute, its distribution and that distribution's version). Not the variant's name: two variants with the same
   resolved options share a checkpoint.
-- **record**: the checkpoint's config plus the protocol's resolved options and identity, the probe and evaluation
+- **record**: the checkpoint's config plus the pretext's inference options, the protocol's resolved options and identity, the probe and evaluation
   splits with their fingerprints and sizes, the evaluation batch size and whether evaluating on a training split was
   allowed.
 
@@ -100,6 +101,12 @@ class VariantPlan:
     differs: dict[str, Any]
     seeds: tuple[int, ...]
     provenance: dict[str, Any]
+
+    @property
+    def inference_options(self) -> dict[str, Any]:
+        """The options used only at inference (decoding): in records, not in the checkpoint hash."""
+        names = getattr(self.pretext_cls, "inference_options", ())
+        return {k: v for k, v in self.options.items() if k in names}
 
 
 @dataclass
@@ -352,8 +359,10 @@ def _run_config(exp: Experiment, dataset: DatasetPlan, encoder: EncoderPlan, var
     train_data = dataset.probe_data if variant.pretext_cls.requires else dataset.pretext_data
     role = "probe" if variant.pretext_cls.requires else "pretext"
     image_size = dataset.image_size
+    inference = set(getattr(variant.pretext_cls, "inference_options", ()))
     return {
-        "pretext": variant.pretext, "pretext_options": variant.options, "plugin": variant.provenance,
+        "pretext": variant.pretext, "plugin": variant.provenance,
+        "pretext_options": {k: v for k, v in variant.options.items() if k not in inference},
         "encoder": encoder.name, "encoder_options": encoder.options, "encoder_plugin": encoder.provenance,
         "image_size": list(image_size) if isinstance(image_size, tuple) else image_size,
         "dataset": dataset.name, "dataset_options": dataset.options, "subset": dataset.subset,
@@ -389,7 +398,8 @@ def resolve_plan(exp: Experiment, cache_dir: Path) -> RunPlan:
                     unit = Unit(dataset, encoder, variant, seed, run_config, config_hash(run_config))
                     for protocol in protocols:
                         record_config = {
-                            "pretext_run": run_config, "protocol": protocol.name,
+                            "pretext_run": run_config, "inference_options": variant.inference_options,
+                            "protocol": protocol.name,
                             "protocol_options": protocol.options, "protocol_plugin": protocol.provenance,
                             "probe": {"split": dataset.probe_split, "fingerprint": dataset.fingerprints["probe"],
                                       "images": len(dataset.probe_data)},

@@ -97,6 +97,9 @@ class Pretext(nn.Module):
     trainable: ClassVar[bool] = True
     #: The option dataclass; its resolved value is part of the checkpoint hash.
     Config: ClassVar[type] = EmptyConfig
+    #: Options read only when the trained pretext is used (decoding), never in training: they are left out of the
+    #: checkpoint hash, so variants that differ only in them share one trained checkpoint, and go into the records.
+    inference_options: ClassVar[frozenset[str]] = frozenset()
 
     encoder: Encoder
 

@@ -316,3 +316,14 @@ def test_experiment_file_errors_name_the_file_and_key(tmp_path):
     path.write_text("[protocols.linear]\n[variants.random]\n")
     combined = _cli(["run", "--config", "exp.toml", "--pretext", "regression", "--dry-run"], tmp_path)
     assert combined.returncode == 2 and "--pretext cannot be combined with --config" in combined.stderr
+
+
+def test_variants_that_differ_only_at_inference_share_a_checkpoint(tmp_path):
+    exp = Experiment(variants=[VariantSpec("quantized", "quantized"),
+                               VariantSpec("quantized-T1", "quantized", {"temperature": 1.0}),
+                               VariantSpec("quantized-norebal", "quantized", {"rebalance": False})])
+    units = {u.variant.name: u for u in _plan(exp, tmp_path).units}
+    assert units["quantized-T1"].checkpoint_hash == units["quantized"].checkpoint_hash
+    assert units["quantized-norebal"].checkpoint_hash != units["quantized"].checkpoint_hash
+    assert units["quantized-T1"].evaluations[0].hash != units["quantized"].evaluations[0].hash
+    assert units["quantized-T1"].evaluations[0].config["inference_options"] == {"temperature": 1.0}
