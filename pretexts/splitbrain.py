@@ -26,9 +26,10 @@ Where sslbench departs, and why:
   weights).
 * **Representation from RGB.** Protocols hand the representation RGB images; it converts them to Lab itself and feeds
   each half its channels of the same image, so downstream tasks see exactly what the paper's network saw (Lab).
-* **Encoders without widths to halve.** timm variants have fixed widths (their factory rejects ``width_mult``); then
-  both halves are built at full width (logged as a warning, and ``half_width`` is False), so the representation is twice
-  the encoder's width — choose a narrower timm variant to match the paper's budget.
+* **Encoders without widths to halve.** timm variants have fixed widths (their factory rejects ``width_mult``). The
+  default ``halves="half"`` then refuses to build, naming the way out: ``splitbrain.halves=full`` builds both halves
+  at the encoder's full width, an explicit (and recorded) departure whose representation is twice the encoder's
+  width — or choose a narrower timm variant to match the paper's budget.
 * **Network and schedule.** The registered encoder replaces the paper's AlexNet; each half's deepest tap feeds a
   :class:`~sslbench.pretexts._heads.DenseHead` predicting at 1/4 of the input (as Zhang 2016's network), targets are
   point-sampled to that size. Adam (β = (0.9, 0.99), weight decay 1e-3) at lr 1e-3 for short budgets.
@@ -39,7 +40,6 @@ Logged terms: ``loss`` (the sum), ``loss_ab`` (L → ab), ``loss_l`` (ab → L),
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -48,17 +48,18 @@ from torch.nn import functional as F
 
 from sslbench.colour import AB_SCALE, normalize_l, rgb_to_lab
 from sslbench.encoders.base import Encoder, Tap
+from sslbench.errors import UsageError
 from sslbench.pretext import DataInfo, EncoderSpec, Pretext, Representation, images_to_rgb, merge_l_ab
 from sslbench.pretexts._abbins import ABClassifier, hard_l_targets, initial_bins, prepare_bins
 from sslbench.pretexts._heads import DenseHead, point_sample
 from sslbench.registry import register_pretext
 from sslbench.runtime import Runtime
 
-log = logging.getLogger(__name__)
-
 
 @dataclass
 class SplitBrainConfig:
+    #: ``half``: each sub-network at half the encoder's width (the paper); ``full``: both at full width.
+    halves: str = "half"
     bins: str = "data"
     grid_size: int = 10
     pts_in_hull: str | None = None
@@ -100,16 +101,20 @@ class SplitBrainRepresentation(Representation):
         return [torch.cat([a, b], dim=1) for a, b in zip(l_maps, ab_maps)]
 
 
-def build_half(spec: EncoderSpec, in_chans: int) -> tuple[Encoder, bool]:
-    """A half-width encoder, or a full-width one where the encoder has fixed widths; returns (encoder, halved)."""
+def build_half(spec: EncoderSpec, in_chans: int, halves: str) -> tuple[Encoder, bool]:
+    """One sub-network: at half the encoder's width (``halves="half"``, the paper) or at its full width
+    (``halves="full"``, chosen explicitly); returns (encoder, halved)."""
+    if halves == "full":
+        return spec.build(in_chans=in_chans), False
+    width = spec.options.get("width_mult", 1.0)
     try:
-        return spec.build(in_chans=in_chans, width_mult=0.5), True
+        return spec.build(in_chans=in_chans, width_mult=0.5 * width), True
     except ValueError as exc:
         if "width_mult" not in str(exc):
             raise
-        log.warning("splitbrain: encoder %r cannot be built at half width (%s); both halves use full width",
-                    spec.name, exc)
-        return spec.build(in_chans=in_chans), False
+        raise UsageError(f"splitbrain: encoder {spec.name!r} has fixed widths and cannot be halved ({exc}); set "
+                         "splitbrain.halves=full to build both halves at full width (the representation is then "
+                         "twice the encoder's width), or choose a narrower encoder") from exc
 
 
 @register_pretext("splitbrain")
@@ -126,8 +131,10 @@ class SplitBrain(Pretext):
         if config.temperature <= 0:
             raise ValueError(f"splitbrain.temperature must be > 0, got {config.temperature}")
         #: The L -> ab half: it honours the Encoder contract (normalised L in), so it is the pretext's ``encoder``.
-        self.encoder, halved_l = build_half(encoder, 1)
-        self.ab_encoder, halved_ab = build_half(encoder, 2)
+        if config.halves not in ("half", "full"):
+            raise UsageError(f"splitbrain.halves={config.halves!r}: choose half (the paper) or full")
+        self.encoder, halved_l = build_half(encoder, 1, config.halves)
+        self.ab_encoder, halved_ab = build_half(encoder, 2, config.halves)
         self.half_width = halved_l and halved_ab
         self.ab_classifier = ABClassifier(
             self.encoder.out_channels, config.head_width, config.output_stride, rebalance=config.rebalance,

@@ -49,7 +49,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sslbench.checkpoints import atomic_torch_save
-from sslbench.errors import NonFiniteLossError
+from sslbench.errors import NonFiniteLossError, SslbenchError
 from sslbench.metrics import SegmentationMetrics, confusion_matrix
 from sslbench.pretext import Pretext, Representation, images_to_rgb
 from sslbench.progress import Progress
@@ -101,19 +101,17 @@ class DecodedSegmenter(nn.Module):
         return self.decoder(self.encoder(rgb), tuple(rgb.shape[-2:]))
 
 
-def new_part(model: nn.Module, num_classes: int) -> nn.Module | None:
-    """The freshly initialised part of a pretext's segmentation network: its ``head`` submodule, else its last
-    convolution / linear layer with ``num_classes`` outputs, else None."""
+def new_part(model: nn.Module, pretext_name: str) -> nn.Module:
+    """The freshly initialised part of a pretext's segmentation network, which the frozen phase trains alone: its
+    ``head`` submodule, by contract (:meth:`~sslbench.pretext.Pretext.segmentation_model`). A network without one is
+    an error naming the pretext, never a guess."""
     head = getattr(model, "head", None)
-    if isinstance(head, nn.Module):
-        return head
-    last = None
-    for module in model.modules():
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.out_channels == num_classes:
-            last = module
-        elif isinstance(module, nn.Linear) and module.out_features == num_classes:
-            last = module
-    return last
+    if not isinstance(head, nn.Module):
+        raise SslbenchError(
+            f"pretext {pretext_name!r}: segmentation_model() returned a {type(model).__name__} without a `head` "
+            "submodule; finetune_seg trains the new layers alone before unfreezing, so the network must expose them "
+            "as `head` (or return None to get finetune_seg's own decoder)")
+    return head
 
 
 def build_segmenter(pretext: Pretext, num_classes: int, cfg: FinetuneSegConfig, runtime: Runtime
@@ -124,7 +122,7 @@ def build_segmenter(pretext: Pretext, num_classes: int, cfg: FinetuneSegConfig, 
     whole = pretext.segmentation_model(num_classes) if cfg.model == "auto" else None
     if whole is not None:
         model = private_copy(whole).to(runtime.device)
-        return model, new_part(model, num_classes), "pretext"
+        return model, new_part(model, type(pretext).__name__), "pretext"
     model = DecodedSegmenter(private_copy(pretext.representation()), num_classes, cfg.decoder_channels)
     model = model.to(runtime.device)
     return model, model.decoder, "decoder"

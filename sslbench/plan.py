@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from sslbench.config import HARNESS_SCHEMA, config_hash, resolve_options, to_dict
-from sslbench.errors import IncompatibleError, UsageError
+from sslbench.errors import IncompatibleError, SslbenchError, UsageError
 from sslbench.experiment import VARIANT_NAME, DatasetSpec, Experiment
 from sslbench.records import record_path
 from sslbench.registry import DATASETS, ENCODERS, PRETEXTS, PROTOCOLS
@@ -375,6 +375,28 @@ def _run_config(exp: Experiment, dataset: DatasetPlan, encoder: EncoderPlan, var
     }
 
 
+def build_pretext(variant: VariantPlan, encoder: EncoderPlan, run_config: dict[str, Any]) -> Any:
+    """A fresh pretext of ``variant`` on ``encoder`` for the data ``run_config`` describes.
+
+    A :class:`UsageError` the plugin raises stays one (a bad option value); any other exception is a bug or an
+    unsupported combination and becomes an :class:`SslbenchError` naming the plugin's origin (exit 1, not 2)."""
+    from sslbench.pretext import DataInfo, EncoderSpec
+
+    size = run_config["image_size"]
+    image_size = tuple(size) if isinstance(size, list) else size
+    spec = EncoderSpec(encoder.name, encoder.options, image_size if isinstance(image_size, int) else max(image_size))
+    info = DataInfo(run_config["dataset"], image_size, run_config["num_classes"], tuple(run_config["class_names"]))
+    try:
+        return variant.pretext_cls(variant.config, spec, info)
+    except SslbenchError:
+        raise
+    except Exception as exc:
+        raise SslbenchError(
+            f"cannot build pretext {variant.pretext!r} (variant {variant.name!r}) on encoder {encoder.name!r} with "
+            f"options {variant.options}: {type(exc).__name__}: {exc} (plugin from "
+            f"{variant.provenance.get('origin', '?')})") from exc
+
+
 def resolve_plan(exp: Experiment, cache_dir: Path) -> RunPlan:
     """Resolve and validate everything ``exp`` asks for; raise :class:`UsageError` before any work on a problem."""
     if not exp.variants or not exp.protocols:
@@ -395,6 +417,9 @@ def resolve_plan(exp: Experiment, cache_dir: Path) -> RunPlan:
             for seed in all_seeds:
                 for variant in [v for v in variants if seed in v.seeds]:
                     run_config = _run_config(exp, dataset, encoder, variant, seed)
+                    if seed == variant.seeds[0]:
+                        # Build once before any work, so a bad combination fails now, not hours into the run.
+                        build_pretext(variant, encoder, run_config)
                     unit = Unit(dataset, encoder, variant, seed, run_config, config_hash(run_config))
                     for protocol in protocols:
                         record_config = {

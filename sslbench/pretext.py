@@ -156,7 +156,7 @@ class Pretext(nn.Module):
         """A whole network to fine-tune for segmentation (RGB -> (N, C, H, W) logits), or None to let the protocol
         put its own decoder on :meth:`representation` (the cGAN returns its generator, as Treneska et al. did).
 
-        The network may expose ``head``, its freshly initialised part, which protocols train alone first."""
+        The network must expose ``head``, its freshly initialised part, which protocols train alone first."""
         return None
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from sslbench.config import TrainBudget, config_hash
 from sslbench.errors import DiskFullError, SslbenchError, UsageError
-from sslbench.plan import Evaluation, RunPlan, Unit
+from sslbench.plan import Evaluation, RunPlan, Unit, build_pretext
 
 __all__ = ["RunOutcome", "run", "default_cache_dir", "unit_status", "checkpoint_store", "features_dir"]
 
@@ -83,25 +83,6 @@ def unit_status(plan: RunPlan, unit: Unit, force: bool) -> tuple[str, list[Evalu
 def _budget(plan: RunPlan) -> TrainBudget:
     b = plan.experiment.budget
     return TrainBudget(epochs=b.epochs, steps=b.steps, batch_size=b.batch_size)
-
-
-def _build_pretext(unit: Unit) -> Any:
-    from sslbench.pretext import DataInfo, EncoderSpec
-
-    cfg = unit.run_config
-    image_size = tuple(cfg["image_size"]) if isinstance(cfg["image_size"], list) else cfg["image_size"]
-    spec = EncoderSpec(unit.encoder.name, unit.encoder.options,
-                       image_size if isinstance(image_size, int) else max(image_size))
-    info = DataInfo(unit.dataset.name, image_size, cfg["num_classes"], tuple(cfg["class_names"]))
-    try:
-        return unit.variant.pretext_cls(unit.variant.config, spec, info)
-    except SslbenchError:
-        raise
-    except Exception as exc:
-        raise SslbenchError(
-            f"cannot build pretext {unit.variant.pretext!r} (variant {unit.variant.name!r}) on encoder "
-            f"{unit.encoder.name!r} with options {unit.variant.options}: {type(exc).__name__}: {exc} "
-            f"(plugin from {unit.variant.provenance.get('origin', '?')})") from exc
 
 
 def _disk_full(exc: OSError, where: Path) -> DiskFullError:
@@ -203,7 +184,7 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
         shutil.rmtree(features_dir(plan, unit), ignore_errors=True)
 
     seed_everything(unit.seed)
-    pretext = _build_pretext(unit)
+    pretext = build_pretext(unit.variant, unit.encoder, unit.run_config)
     train_info: dict[str, Any] = {"trained": False}
     writer = _Writer(plan, unit, runtime, env, outcome, on_record)
     try:

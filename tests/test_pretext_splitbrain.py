@@ -12,6 +12,7 @@ from sslbench.checkpoints import CheckpointStore
 from sslbench.colour import lab_to_rgb, rgb_to_lab
 from sslbench.config import TrainBudget
 from sslbench.datasets import create_dataset
+from sslbench.errors import UsageError
 from sslbench.pretext import DataInfo, EncoderSpec, images_to_rgb
 from sslbench.pretexts.splitbrain import SplitBrain, SplitBrainConfig
 from sslbench.progress import Progress
@@ -91,3 +92,21 @@ def test_same_seed_same_weights(images, tmp_path: Path) -> None:
     keys = [k for k in states[0] if torch.is_tensor(states[0][k]) and states[0][k].is_floating_point()]
     assert all(torch.equal(states[0][k], states[1][k]) for k in keys)
     assert any(not torch.equal(states[0][k], states[2][k]) for k in keys)
+
+
+def test_halves_follow_a_narrowed_encoder() -> None:
+    """With encoder.width_mult=0.5 each half is a quarter-width network, so the representation is as wide as the
+    narrowed encoder every other pretext uses (it used to be twice as wide)."""
+    narrow = EncoderSpec(SPEC.name, {**SPEC.options, "width_mult": 0.5}, SPEC.image_size)
+    pretext = SplitBrain(SplitBrainConfig(bins="gamut"), narrow, INFO)
+    for tap, whole in zip(pretext.representation().taps, narrow.build(in_chans=1).taps):
+        assert tap.channels == whole.channels
+
+
+def test_fixed_width_encoders_need_halves_full() -> None:
+    timm_spec = EncoderSpec("timm/resnet18", {}, 32)
+    with pytest.raises(UsageError, match="splitbrain.halves=full"):
+        SplitBrain(SplitBrainConfig(bins="gamut"), timm_spec, INFO)
+    pretext = SplitBrain(SplitBrainConfig(bins="gamut", halves="full"), timm_spec, INFO)
+    assert not pretext.half_width
+    assert pretext.representation().taps[-1].channels == 2 * timm_spec.build(in_chans=1).taps[-1].channels

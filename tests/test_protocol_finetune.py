@@ -22,6 +22,7 @@ from sslbench.colour import normalize_l, rgb_to_lab
 from sslbench.datasets import create_dataset
 from sslbench.datasets.base import ImageDataset
 from sslbench.encoders.unet import UNetGenerator
+from sslbench.errors import SslbenchError
 from sslbench.metrics import mean_average_precision
 from sslbench.pretext import DataInfo, EncoderSpec
 from sslbench.progress import Progress
@@ -156,8 +157,31 @@ class LGenerator(nn.Module):
         super().__init__()
         self.generator = generator
 
+    @property
+    def head(self) -> nn.Module:
+        return self.generator.head
+
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         return self.generator(normalize_l(rgb_to_lab(rgb)[:, :1]))
+
+
+class HeadlessGenerator(LGenerator):
+    """Hides its new output layer: finetune_seg cannot know what to train first."""
+
+    head = None
+
+
+class HeadlessPretext(RandomInit):
+    def segmentation_model(self, num_classes: int) -> nn.Module:
+        generator = UNetGenerator(in_chans=1, out_chans=2, image_size=32, ngf=8)
+        generator.replace_head(num_classes)
+        return HeadlessGenerator(generator)
+
+
+def test_finetune_seg_refuses_a_network_without_a_head():
+    pretext = HeadlessPretext(None, ENCODER, DataInfo("synthetic", 32, 8)).eval()
+    with pytest.raises(SslbenchError, match="without a `head` submodule"):
+        build_segmenter(pretext, 8, FinetuneSegConfig(), Runtime("cpu"))
 
 
 class GeneratorPretext(RandomInit):
@@ -179,7 +203,7 @@ def test_finetune_seg_whole_network_path(small_synthetic):
     assert kind == "decoder" and decoder_model(torch.rand(2, 3, 32, 32)).shape == (2, num_classes, 32, 32)
 
     model, head, kind = build_segmenter(pretext, num_classes, FinetuneSegConfig(), runtime)
-    assert kind == "pretext" and head is model.generator.head.conv
+    assert kind == "pretext" and head is model.generator.head
     before = state_snapshot(model)
     phase = run_phase(model, name="frozen", head=head, epochs=1, lr=1e-3, weight_decay=0.0, dataset=synthetic[0],
                       batch_size=16, loss_fn=make_loss(synthetic[0].ignore_index), runtime=runtime,
