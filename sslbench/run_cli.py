@@ -232,7 +232,11 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print_plan(plan, args.force)
         return 0
-    plan.out.mkdir(parents=True, exist_ok=True)
+    try:
+        plan.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {plan.out}: cannot create it ({exc.strerror or exc}); choose a writable folder") \
+            from exc
     log = _Log(console, plan.out / "run.log" if os.environ.get("RANK", "0") == "0" else None)
     log(f"sslbench run: {' '.join(sys.argv)}")
     print_plan(plan, args.force, write=log)

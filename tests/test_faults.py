@@ -1,0 +1,132 @@
+"""Faults at scale: two processes on one checkpoint, full disks, unwritable output folders."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sslbench.checkpoints import atomic_write_bytes
+from sslbench.locks import CheckpointLock
+from sslbench.runner import _disk_full
+
+TRAIN = ["run", "--pretext", "regression", "--protocol", "linear", "--steps", "40", "--checkpoint-every", "5",
+         "--subset", "128", "--eval-subset", "64", "--set", "linear.epochs=1", "--set", "encoder.width_mult=0.25",
+         "--device", "cpu", "--quiet"]
+
+
+def _start(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "sslbench", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _wait_for_lock(cache: Path, first: subprocess.Popen) -> Path:
+    deadline = time.time() + 300
+    while True:
+        locks = list(cache.rglob("train.lock"))
+        if locks:
+            return locks[0]
+        assert first.poll() is None, f"the first run ended before taking its lock: {first.stderr.read()}"
+        assert time.time() < deadline
+        time.sleep(0.05)
+
+
+def test_a_second_process_waits_for_the_first_and_reuses_its_checkpoint(tmp_path):
+    first = _start(TRAIN + ["--out", "a", "--cache-dir", "cache"], tmp_path)
+    lock = _wait_for_lock(tmp_path / "cache", first)
+    owner = json.loads(lock.read_text())
+    assert owner["pid"] == first.pid
+    second = _start(TRAIN + ["--out", "b", "--cache-dir", "cache"], tmp_path)
+    out_a, err_a = first.communicate(timeout=600)
+    out_b, err_b = second.communicate(timeout=600)
+    assert first.returncode == 0, err_a
+    assert second.returncode == 0, err_b
+    assert "trained: regression seed 0" in err_a
+    assert f"being trained by pid {first.pid}" in err_b
+    assert "trained: none" in err_b and "reused checkpoints: regression seed 0" in err_b
+    assert len(list((tmp_path / "cache").rglob("final.pt"))) == 1 and not lock.exists()
+    (record_a,) = (tmp_path / "a").rglob("*__seed0.json")
+    (record_b,) = (tmp_path / "b").rglob("*__seed0.json")
+    a, b = json.loads(record_a.read_text()), json.loads(record_b.read_text())
+    assert a["train"]["checkpoint"] == b["train"]["checkpoint"] and a["metrics"] == b["metrics"]
+
+
+def test_no_wait_moves_on_and_says_so(tmp_path):
+    first = _start(TRAIN + ["--out", "a", "--cache-dir", "cache"], tmp_path)
+    _wait_for_lock(tmp_path / "cache", first)
+    second = _start(["run", "--pretext", "random,regression", *TRAIN[3:], "--out", "b", "--cache-dir", "cache",
+                     "--no-wait"], tmp_path)
+    out_b, err_b = second.communicate(timeout=600)
+    first.communicate(timeout=600)
+    assert second.returncode == 0, err_b
+    assert "moving on: regression seed 0" in err_b and "left for a later run: regression seed 0" in err_b
+    records = [json.loads(p.read_text()) for p in (tmp_path / "b").rglob("*__seed0.json")]
+    assert [r["variant"] for r in records] == ["random"]
+
+
+def test_a_dead_owner_does_not_block(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock_path = tmp_path / "train.lock"
+    import socket
+
+    lock_path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "started": 0}))
+    lock = CheckpointLock(lock_path)
+    assert lock.acquire(wait=False)
+    assert json.loads(lock_path.read_text())["pid"] == os.getpid()
+    other = CheckpointLock(lock_path)
+    assert not other.acquire(wait=False)
+    lock.release()
+    assert not lock_path.exists()
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """A real 512 KiB tmpfs (mounting needs root, which CI has)."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True,
+                            text=True)
+    if result.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs for the disk-full tests: {result.stderr}")
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_cache_without_room_for_the_checkpoint_fails_before_training(tmp_path, tiny_filesystem):
+    result = subprocess.run([sys.executable, "-m", "sslbench", *TRAIN, "--set", "encoder.width_mult=1",
+                             "--out", str(tmp_path / "runs"), "--cache-dir", str(tiny_filesystem)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert "needs about" in result.stderr and "MB are free" in result.stderr and str(tiny_filesystem) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(tiny_filesystem.rglob("*.pt"))
+
+
+def test_a_full_disk_is_named_with_its_free_space_and_keeps_the_old_file(tiny_filesystem):
+    kept = tiny_filesystem / "final.json"
+    atomic_write_bytes(kept, b'{"old": true}')
+    with pytest.raises(OSError) as info:
+        atomic_write_bytes(kept, b"x" * 2**20)
+    assert info.value.errno == errno.ENOSPC
+    message = str(_disk_full(info.value, kept))
+    assert message.startswith(f"disk full at {kept}, free ") and " MB" in message
+    assert kept.read_bytes() == b'{"old": true}'
+    assert [p.name for p in tiny_filesystem.iterdir()] == ["final.json"]
+
+
+def test_an_unwritable_out_fails_before_any_training(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = subprocess.run([sys.executable, "-m", "sslbench", *TRAIN, "--out", str(blocker / "runs"),
+                             "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 2, result.stderr
+    assert f"--out {blocker / 'runs'}" in result.stderr and "Traceback" not in result.stderr
+    assert not list((tmp_path / "cache").rglob("*.pt")), "it trained before finding out"
