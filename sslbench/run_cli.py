@@ -133,7 +133,8 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
     else:
         exp = Experiment()
         if args.pretext is not None:
-            exp.variants = [VariantSpec(name, name) for name in args.pretext]
+            # A qualified name (DIST:NAME) names its variant with a file-safe '-' in place of the ':'.
+            exp.variants = [VariantSpec(name.replace(":", "-"), name) for name in args.pretext]
         if args.protocol is not None:
             exp.protocols = {name: {} for name in args.protocol}
         if args.dataset is not None:

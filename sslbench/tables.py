@@ -688,6 +688,10 @@ def _notes(table: Table, runs: list[_Run]) -> list[str]:
     if "mixed configs" in statuses:
         notes.append("mixed configs: the seeds of this cell ran different configurations and are not averaged.")
     notes += [f"Variant {text}." for text in _variant_notes(runs)]
+    conventions = sorted({(r.protocol, m.split("/", 1)[1], str(v)) for r in runs if r.status == "ok"
+                          for m, v in r.metrics.items() if m.startswith("convention/") and isinstance(v, str)})
+    if conventions:
+        notes.append("Metric conventions: " + "; ".join(f"{p} {k} = {v}" for p, k, v in conventions) + ".")
     if table.synthetic:
         notes.append(SYNTHETIC_NOTE)
     return notes

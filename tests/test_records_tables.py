@@ -461,3 +461,11 @@ def test_table_ci_cells_from_sidecars(tmp_path, capsys):
     assert "no per-image values recorded" in out and "95 % bootstrap interval" in out
     assert str(wrong) in err and "per-image values give best/top1 = 0" in err
     assert math.isfinite(expected.low)
+
+
+def test_metric_conventions_are_printed_under_the_table():
+    records = [_record("quantized", "colorization", 0, {"auc": 90.0, "convention/auc": "trapezoid",
+                                                         "convention/prior": "train"})]
+    text = make_table(records, "md")
+    assert "Metric conventions: colorization auc = trapezoid; colorization prior = train." in text
+    assert "| convention" not in text
