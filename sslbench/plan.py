@@ -323,8 +323,9 @@ def _datasets(exp: Experiment) -> list[DatasetPlan]:
                                     ("eval", eval_split, spec.eval_subset)):
             split_options = dict(options)
             if bad_image_option:
-                # Skipping a broken file is harmless in pretraining; in a labelled split it changes the benchmark.
-                split_options["on_bad_image"] = "skip" if role == "pretext" else "error"
+                # A broken file is skipped (listed and counted) in the training splits; in the evaluation split
+                # dropping it would change the benchmark, so it stops the run.
+                split_options["on_bad_image"] = "error" if role == "eval" else "skip"
             plan.splits[role] = _open_split(spec, cls, split, subset, split_options)
             plan.fingerprints[role] = data_fingerprint(plan.splits[role])
         plan.image_size = plan.pretext_data.image_size

@@ -144,10 +144,22 @@ def run(plan: RunPlan, *, force: bool = False, wait: bool = True, progress: Any 
     if runtime.is_main:
         preflight(plan)
         _remove_orphans(plan)
+    if any(unit_status(plan, unit, force)[1] for unit in plan.units):
+        _check_eval_splits(plan)
     for unit in plan.units:
         _run_unit(plan, unit, runtime, env, outcome, force=force, wait=wait, progress=progress,
                   on_record=on_record, say=say)
     return outcome
+
+
+def _check_eval_splits(plan: RunPlan) -> None:
+    """Read every evaluation image before any training, so a broken file stops the run now, naming every bad file,
+    instead of after hours of training."""
+    for dataset in plan.datasets:
+        for part in getattr(dataset.eval_data, "parts", [dataset.eval_data]):
+            scan = getattr(part, "scan", None)
+            if callable(scan) and getattr(part, "on_bad_image", None) == "error":
+                scan(workers=max(plan.experiment.workers, 0))
 
 
 def _remove_orphans(plan: RunPlan) -> None:

@@ -130,3 +130,46 @@ def test_an_unwritable_out_fails_before_any_training(tmp_path):
     assert result.returncode == 2, result.stderr
     assert f"--out {blocker / 'runs'}" in result.stderr and "Traceback" not in result.stderr
     assert not list((tmp_path / "cache").rglob("*.pt")), "it trained before finding out"
+
+
+def _folder_with_bad_files(shared_data: Path, root: Path) -> list[str]:
+    """An image folder of real CIFAR-10 JPEGs (train/val, two classes) with broken files in train/cat."""
+    import shutil
+
+    for split, offset in (("train", 0), ("val", 300)):
+        for cls in ("cat", "ship"):
+            (root / split / cls).mkdir(parents=True)
+            for path in sorted((shared_data / "cifar10" / "train" / cls).iterdir())[offset:offset + 40]:
+                shutil.copy(path, root / split / cls / path.name)
+    bad = root / "train" / "cat"
+    (bad / "zz_empty.jpg").write_bytes(b"")
+    (bad / "zz_text.jpg").write_text("not a photograph\n")
+    good = next(bad.iterdir()).read_bytes()
+    (bad / "zz_truncated.jpg").write_bytes(good[: len(good) // 2])
+    return ["zz_empty.jpg", "zz_text.jpg", "zz_truncated.jpg"]
+
+
+def test_bad_training_images_are_skipped_listed_and_counted(tmp_path, shared_data):
+    names = _folder_with_bad_files(shared_data, tmp_path / "folder")
+    args = ["run", "--pretext", "regression", "--protocol", "linear", "--dataset", "imagefolder",
+            "--data-root", str(tmp_path / "folder"), "--image-size", "32", "--steps", "3",
+            "--set", "linear.epochs=1", "--set", "encoder.width_mult=0.25", "--device", "cpu", "--quiet",
+            "--out", "runs", "--cache-dir", "cache"]
+    result = subprocess.run([sys.executable, "-m", "sslbench", *args], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr
+    listing = (tmp_path / "runs" / "imagefolder" / "vgg_small" / "bad_images.txt").read_text()
+    for name in names:
+        assert name in listing
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("*__seed0.json")]
+    assert record["status"] == "ok"
+    counts = record["data"]["probe"]["bad_images"]
+    assert (counts["empty"], counts["not_image"], counts["truncated"]) == (1, 1, 1)
+    assert set(counts) <= {"empty", "not_image", "truncated", "grayscale"}  # CIFAR-10 holds a few gray photographs
+
+    eval_bad = tmp_path / "folder" / "val" / "ship" / "zz_broken.jpg"
+    eval_bad.write_bytes(b"\xff\xd8 broken")
+    failed = subprocess.run([sys.executable, "-m", "sslbench", *args, "--cache-dir", "cache2"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 2 and str(eval_bad) in failed.stderr and "Traceback" not in failed.stderr
+    assert not list((tmp_path / "cache2").rglob("*.pt")), "it trained before checking the evaluation split"
