@@ -146,12 +146,8 @@ def run_phase(model: nn.Module, *, name: str, head: nn.Module | None, epochs: fl
                     continue
                 with runtime.autocast():
                     loss = loss_fn(train_model, batch)
-                try:
-                    runtime.backward(loss, name=f"{where}: loss at step {result.steps + 1} of {total}")
-                except NonFiniteLossError as exc:
-                    raise NonFiniteLossError(f"{exc}; lower {lr_option} (now {lr:g})") from exc
-                runtime.step(optimizer)
-                runtime.end_step()
+                runtime.optimise(loss, optimizer, where=f"{where}: loss at step {result.steps + 1} of {total}",
+                                 hint=f"lower {lr_option} (now {lr:g})")
                 losses.append(float(loss.detach()))
                 result.steps += 1
                 bar.advance(1, loss=losses[-1])

@@ -305,12 +305,8 @@ def train_judge(judge: Judge, train: Dataset, cfg: JudgeConfig, runtime: Runtime
                     rgb = _augment(rgb, generator)
                 with runtime.autocast():
                     loss = F.cross_entropy(model(rgb).float(), batch["label"])
-                try:
-                    runtime.backward(loss, name=f"semantic judge training: loss at step {step + 1} of {total}")
-                except NonFiniteLossError as exc:
-                    raise NonFiniteLossError(f"{exc}; {hint}") from exc
-                runtime.step(opt)
-                runtime.end_step()
+                runtime.optimise(loss, opt, where=f"semantic judge training: loss at step {step + 1} of {total}",
+                                 hint=hint)
                 sched.step()
                 losses.append(float(loss.detach()))
                 step += 1

@@ -143,12 +143,7 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
             with runtime.autocast():
                 logits = probe(train_x[index])
             loss = F.cross_entropy(logits.float(), train_y[index])
-            try:
-                runtime.backward(loss, name=f"linear probe on {tap}: loss at step {step + 1} of {total}")
-            except NonFiniteLossError as exc:
-                raise NonFiniteLossError(f"{exc}; {hint}") from exc
-            runtime.step(opt)
-            runtime.end_step()
+            runtime.optimise(loss, opt, where=f"linear probe on {tap}: loss at step {step + 1} of {total}", hint=hint)
             sched.step()
             step += 1
             if step >= total:

@@ -30,8 +30,20 @@ COMMAND_MODULES: dict[str, str] = {
 }
 
 
-def _names(text: str) -> list[str]:
+def names_arg(text: str) -> list[str]:
+    """A comma-separated list argument."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def positive_int_arg(text: str) -> int:
+    """A positive integer argument."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "different configs are never averaged. Unreadable records are reported.")
     table.add_argument("--runs", type=Path, default=Path("results/runs"), help="record folder (default: results/runs)")
     table.add_argument("--format", default="md", choices=["md", "latex", "csv"])
-    table.add_argument("--metrics", type=_names, default=None,
+    table.add_argument("--metrics", type=names_arg, default=None,
                        help="only these metrics, in every format (e.g. best/top1,miou; a name also matches "
                             "metrics ending in /NAME or starting with NAME/)")
     table.add_argument("--layout", default="columns", choices=["columns", "rows"],
@@ -62,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--ci", action="store_true",
                        help="95%% bootstrap intervals over test images (1000 resamples) from the records' "
                             "per-image files instead of ± std")
-    table.add_argument("--reference", type=_names, default=[], metavar="KEY[,KEY]",
+    table.add_argument("--reference", type=names_arg, default=[], metavar="KEY[,KEY]",
                        help="add published rows (zhang2016, splitbrain2017, larsson2017, treneska2022) in the "
                             "columns they correspond to")
     table.add_argument("--digits", type=int, default=1, help="decimals (default: 1; SSIM gets at least 3)")

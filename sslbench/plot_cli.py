@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sslbench.cli import positive_int_arg
 from sslbench.errors import SslbenchError, UsageError
 
 __all__ = ["add_parser", "main", "KINDS", "draw_grid"]
@@ -24,12 +25,6 @@ def _kinds(text: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"--kind {text!r}: choose from {', '.join(KINDS)} (comma-separated)")
     return list(dict.fromkeys(kinds))
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -50,7 +45,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--band", choices=["auto", "std"], default="auto",
                         help="band of --kind layers: auto (the 95%% bootstrap interval over test images where every "
                              "seed saved per-image values, else mean ± std over seeds) or std (default: auto)")
-    parser.add_argument("--num-images", type=_positive_int, default=8,
+    parser.add_argument("--num-images", type=positive_int_arg, default=8,
                         help="evaluation images per colorizer for --kind grid (default: 8)")
     parser.add_argument("--device", default="auto", help="device for --kind grid: auto, cpu, cuda or cuda:N")
     parser.add_argument("--tensorboard", type=Path, default=None, metavar="DIR",

@@ -8,16 +8,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from sslbench.cli import positive_int_arg
 from sslbench.errors import UsageError
 
 __all__ = ["add_parser", "main"]
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -33,7 +28,7 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--grid", action="store_true",
                         help="also embed colorization grids of the trained colorizers (loads their checkpoints and "
                              "the evaluation images)")
-    parser.add_argument("--num-images", type=_positive_int, default=8, help="images per colorizer with --grid")
+    parser.add_argument("--num-images", type=positive_int_arg, default=8, help="images per colorizer with --grid")
     parser.add_argument("--device", default="auto", help="device for --grid: auto, cpu, cuda or cuda:N")
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sslbench.cli import _names
+from sslbench.cli import names_arg, positive_int_arg
 from sslbench.errors import UsageError
 
 __all__ = ["add_parser", "main", "experiment_from_args"]
@@ -24,13 +24,13 @@ PLAN_FLAGS = ("pretext", "protocol", "dataset", "encoder")
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(part) for part in _names(text)]
+        return [int(part) for part in names_arg(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: expected comma-separated integers, e.g. 0,1,2")
 
 
 def _image_size(text: str) -> int | tuple[int, int]:
-    parts = _names(text.replace("x", ","))
+    parts = names_arg(text.replace("x", ","))
     try:
         sizes = [int(p) for p in parts]
     except ValueError:
@@ -41,12 +41,6 @@ def _image_size(text: str) -> int | tuple[int, int]:
         return sizes[0], sizes[1]
     raise argparse.ArgumentTypeError(f"--image-size {text!r}: expected S or H,W (positive integers)")
 
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
 
 
 def _setting(text: str) -> tuple[str, str, str]:
@@ -65,10 +59,10 @@ def add_parser(sub: Any) -> None:
                     "(--config) or with flags.")
     run.add_argument("--config", type=Path, default=None, help="experiment file (TOML): datasets, encoders, seeds, "
                                                               "protocols and pretext variants")
-    run.add_argument("--pretext", type=_names, default=None,
+    run.add_argument("--pretext", type=names_arg, default=None,
                      help="comma-separated pretexts, each a variant of its own name (default: random,supervised,"
                           "regression)")
-    run.add_argument("--protocol", type=_names, default=None, help="comma-separated protocols (default: linear)")
+    run.add_argument("--protocol", type=names_arg, default=None, help="comma-separated protocols (default: linear)")
     run.add_argument("--dataset", default=None, help="dataset adapter (default: synthetic, the embedded generated "
                                                      "dataset)")
     run.add_argument("--encoder", default=None, help="encoder name, or timm/<model> (default: vgg_small)")
@@ -95,22 +89,22 @@ def add_parser(sub: Any) -> None:
                         help="allow an evaluation split that is also a training split (recorded in every record)")
     budget = run.add_argument_group("budget")
     budget.add_argument("--epochs", type=float, default=None, help="pretext training epochs (default: 5)")
-    budget.add_argument("--steps", type=_positive_int, default=None, help="pretext training steps "
+    budget.add_argument("--steps", type=positive_int_arg, default=None, help="pretext training steps "
                                                                           "(overrides --epochs)")
-    budget.add_argument("--batch-size", type=_positive_int, default=None, help="pretext batch size (default: 64)")
-    budget.add_argument("--checkpoint-every", type=_positive_int, default=None,
+    budget.add_argument("--batch-size", type=positive_int_arg, default=None, help="pretext batch size (default: 64)")
+    budget.add_argument("--checkpoint-every", type=positive_int_arg, default=None,
                         help="save a resumable checkpoint every N training steps (default: 200)")
     budget.add_argument("--eval-epochs", type=float, default=None,
                         help="training epochs of every protocol that trains (probes, fine-tuning)")
-    budget.add_argument("--eval-batch-size", type=_positive_int, default=None, help="protocol batch size "
+    budget.add_argument("--eval-batch-size", type=positive_int_arg, default=None, help="protocol batch size "
                                                                                     "(default: 128)")
     budget.add_argument("--image-size", type=_image_size, default=None, help="image side S or H,W "
                                                                             "(default: the dataset's)")
-    budget.add_argument("--subset", type=_positive_int, default=None,
+    budget.add_argument("--subset", type=positive_int_arg, default=None,
                         help="use at most N images of the pretext and probe splits")
-    budget.add_argument("--probe-subset", type=_positive_int, default=None,
+    budget.add_argument("--probe-subset", type=positive_int_arg, default=None,
                         help="use at most N images of the probe split (default: --subset)")
-    budget.add_argument("--eval-subset", type=_positive_int, default=None,
+    budget.add_argument("--eval-subset", type=positive_int_arg, default=None,
                         help="use at most N images of the evaluation split")
     budget.add_argument("--workers", type=int, default=None, help="data-loader worker processes (default: 0)")
     run.add_argument("--set", dest="settings", type=_setting, action="append", default=[],

@@ -112,6 +112,17 @@ class Runtime:
         self.scaler.step(optimizer)
         optimizer.zero_grad(set_to_none=True)
 
+    def optimise(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, *, where: str, hint: str = "") -> None:
+        """One step of a single-optimiser loop: the checked backward, the optimiser's step and the end of the
+        iteration. A non-finite loss raises :class:`NonFiniteLossError` saying ``where`` (protocol, layer, step)
+        and ``hint`` (what to change)."""
+        try:
+            self.backward(loss, name=where)
+        except NonFiniteLossError as exc:
+            raise NonFiniteLossError(f"{exc}; {hint}" if hint else str(exc)) from exc
+        self.step(optimizer)
+        self.end_step()
+
     def end_step(self) -> None:
         """Close a training iteration (updates the fp16 loss scale once, however many optimizers stepped)."""
         self.scaler.update()
