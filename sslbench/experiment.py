@@ -29,7 +29,7 @@ pretext **variants**; every table is optional except ``[variants]`` and ``[proto
     [variants.supervised]
     seeds = [0]                          # per-variant seeds override the experiment's
 
-Harness settings (``device``, ``precision``, ``workers``, ``out``, ``cache_dir``, ``checkpoint_every``,
+Harness settings (``device``, ``precision``, ``channels_last``, ``compile``, ``workers``, ``out``, ``cache_dir``, ``checkpoint_every``,
 ``allow_eval_on_train``) may stand at the top level; ``out`` and ``cache_dir`` are relative to the file. Command-line
 flags build the same structure (``--pretext quantized,regression`` are variants named after their pretexts), and
 ``--set OWNER.KEY=VALUE`` overrides an option of every variant of a pretext, of one variant, of a protocol, a dataset
@@ -52,7 +52,7 @@ __all__ = ["Experiment", "DatasetSpec", "VariantSpec", "Budget", "load_experimen
 #: A variant name is a file-name-safe token (it names record files); ``__`` separates fields in those names.
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 DATASET_KEYS = {"data_root", "image_size", "subset", "probe_subset", "eval_subset", "pretext_split", "probe_split", "eval_split"}
-TOP_KEYS = {"name", "seeds", "device", "precision", "workers", "out", "cache_dir", "checkpoint_every",
+TOP_KEYS = {"name", "seeds", "device", "precision", "channels_last", "compile", "workers", "out", "cache_dir", "checkpoint_every",
             "allow_eval_on_train", "budget", "datasets", "encoders", "protocols", "variants"}
 BUDGET_KEYS = {"epochs", "steps", "batch_size", "eval_epochs", "eval_batch_size"}
 
@@ -109,6 +109,9 @@ class Experiment:
     budget: Budget = field(default_factory=Budget)
     device: str = "auto"
     precision: str = "fp32"
+    #: GPU settings that change speed, not what is computed: not part of any hash, recorded in every record's env.
+    channels_last: bool = False
+    compile: bool = False
     workers: int = 0
     out: Path = Path("results/runs")
     cache_dir: Path | None = None
@@ -179,8 +182,11 @@ def load_experiment(path: str | Path) -> Experiment:
                 raise UsageError(f"{where}: {key} must be a {'non-negative' if key == 'workers' else 'positive'} "
                                  "integer")
             setattr(exp, key, raw[key])
-    if "allow_eval_on_train" in raw:
-        exp.allow_eval_on_train = bool(raw["allow_eval_on_train"])
+    for key in ("allow_eval_on_train", "channels_last", "compile"):
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise UsageError(f"{where}: {key} must be true or false")
+            setattr(exp, key, raw[key])
     exp.out = base / str(raw.get("out", "runs"))
     if "cache_dir" in raw:
         exp.cache_dir = base / str(raw["cache_dir"])

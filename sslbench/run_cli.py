@@ -69,8 +69,11 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--data-root", default=None, help="where the dataset's files are")
     run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: 0)")
     run.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: auto)")
-    run.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                     help="training precision (default: fp32)")
+    run.add_argument("--precision", default=None, choices=["fp32", "tf32", "bf16", "fp16"],
+                     help="training precision (default: fp32; tf32: fp32 with TF32 matrix products on CUDA)")
+    run.add_argument("--channels-last", action="store_true", default=None,
+                     help="train with NHWC memory layout (faster bf16 convolutions on GPUs)")
+    run.add_argument("--compile", action="store_true", default=None, help="torch.compile the trained modules")
     run.add_argument("--out", type=Path, default=None, help="run-record folder (default: results/runs, or the "
                                                             "experiment file's out)")
     run.add_argument("--cache-dir", type=Path, default=None,
@@ -144,7 +147,8 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
     for flag in ("epochs", "steps", "batch_size", "eval_epochs", "eval_batch_size"):
         if getattr(args, flag) is not None:
             setattr(exp.budget, flag, getattr(args, flag))
-    for flag in ("seeds", "device", "precision", "out", "cache_dir", "workers", "checkpoint_every"):
+    for flag in ("seeds", "device", "precision", "channels_last", "compile", "out", "cache_dir", "workers",
+                 "checkpoint_every"):
         if getattr(args, flag) is not None:
             setattr(exp, flag, getattr(args, flag))
     if args.seeds is not None:

@@ -138,7 +138,8 @@ def run(plan: RunPlan, *, force: bool = False, wait: bool = True, progress: Any 
 
     progress = progress or Progress.disabled()
     say = say or (lambda message: None)
-    runtime = Runtime(plan.experiment.device, plan.experiment.precision, plan.experiment.workers)
+    exp = plan.experiment
+    runtime = Runtime(exp.device, exp.precision, exp.workers, channels_last=exp.channels_last, compile=exp.compile)
     env = environment(runtime.describe())
     outcome = RunOutcome()
     if runtime.is_main:

@@ -23,7 +23,7 @@ from sslbench.errors import NonFiniteLossError, UsageError
 
 __all__ = ["Runtime", "resolve_device", "seed_everything", "move_batch"]
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -43,9 +43,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def move_batch(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor in a batch dict to ``device`` (non-blocking from pinned memory)."""
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def move_batch(batch: dict[str, Any], device: torch.device, channels_last: bool = False) -> dict[str, Any]:
+    """Move every tensor in a batch dict to ``device`` (non-blocking from pinned memory); with ``channels_last``,
+    4-D tensors (images) are laid out NHWC, as the convolutions of a channels-last model want them."""
+    def move(value: torch.Tensor) -> torch.Tensor:
+        if channels_last and value.dim() == 4:
+            return value.to(device, memory_format=torch.channels_last, non_blocking=True)
+        return value.to(device, non_blocking=True)
+
+    return {k: move(v) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def _seed_worker(worker_id: int) -> None:
@@ -59,11 +65,15 @@ class Runtime:
 
     Args:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``. Under ``torchrun`` the local rank picks the GPU.
-        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast with a gradient scaler).
+        precision: ``fp32``, ``tf32`` (fp32 with TF32 matrix products on CUDA, Ampere or newer), ``bf16``
+            (autocast) or ``fp16`` (autocast with a gradient scaler).
         workers: data-loader worker processes.
+        channels_last: lay trained modules and image batches out NHWC (faster convolutions with bf16 on GPUs).
+        compile: ``torch.compile`` the trained modules.
     """
 
-    def __init__(self, device: str = "auto", precision: str = "fp32", workers: int = 0) -> None:
+    def __init__(self, device: str = "auto", precision: str = "fp32", workers: int = 0, *,
+                 channels_last: bool = False, compile: bool = False) -> None:
         if precision not in PRECISIONS:
             raise UsageError(f"--precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -75,6 +85,14 @@ class Runtime:
             torch.cuda.set_device(self.device)
         self.precision = precision
         self.workers = workers
+        self.channels_last = channels_last
+        self.compile = compile
+        if precision == "tf32":
+            if self.device.type != "cuda":
+                raise UsageError("--precision tf32 is a CUDA setting (TF32 tensor cores, Ampere or newer); use fp32 "
+                                 "on this device")
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         if self.distributed and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend=backend)
@@ -91,7 +109,7 @@ class Runtime:
     def describe(self) -> dict[str, Any]:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         return {"device": str(self.device), "device_name": name, "precision": self.precision,
-                "world_size": self.world_size}
+                "world_size": self.world_size, "channels_last": self.channels_last, "compile": self.compile}
 
     # -- forward / backward ------------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -129,12 +147,19 @@ class Runtime:
 
     # -- modules and data ----------------------------------------------------------------------------------------
     def wrap(self, module: nn.Module) -> nn.Module:
-        """Move ``module`` to the device; under ``torchrun`` wrap it in DistributedDataParallel."""
+        """The module to train: on the device (NHWC with ``channels_last``), in DistributedDataParallel under
+        ``torchrun``, compiled with ``compile``. Its parameters stay ``module``'s own."""
         module = module.to(self.device)
-        if not self.distributed or not any(p.requires_grad for p in module.parameters()):
-            return module
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if self.distributed and any(p.requires_grad for p in module.parameters()):
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return torch.compile(module) if self.compile else module
+
+    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """A batch on the device, laid out as the trained modules want it."""
+        return move_batch(batch, self.device, self.channels_last)
 
     def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
                drop_last: bool = False) -> DataLoader:
@@ -164,7 +189,7 @@ class Runtime:
     def batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
         """Iterate a loader with every batch moved to the device."""
         for batch in loader:
-            yield move_batch(batch, self.device)
+            yield self.to_device(batch)
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         """Mean over processes (identity on one process)."""

@@ -22,7 +22,7 @@ from sslbench.config import TrainBudget
 from sslbench.errors import NonFiniteLossError
 from sslbench.pretext import Pretext
 from sslbench.progress import Progress
-from sslbench.runtime import Runtime, move_batch
+from sslbench.runtime import Runtime
 
 __all__ = ["TrainSummary", "train_pretext", "load_trained"]
 
@@ -121,7 +121,7 @@ def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: 
                     continue
                 if step >= total:
                     break
-                batch = move_batch(batch, runtime.device)
+                batch = runtime.to_device(batch)
                 try:
                     logs = pretext.training_step(batch, runtime)
                 except NonFiniteLossError as exc:
