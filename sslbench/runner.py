@@ -159,7 +159,7 @@ def _check_eval_splits(plan: RunPlan) -> None:
     for dataset in plan.datasets:
         for part in getattr(dataset.eval_data, "parts", [dataset.eval_data]):
             scan = getattr(part, "scan", None)
-            if callable(scan) and getattr(part, "on_bad_image", None) == "error":
+            if callable(scan) and getattr(part, "handles_bad_images", False) and part.on_bad_image == "error":
                 scan(workers=max(plan.experiment.workers, 0))
 
 
