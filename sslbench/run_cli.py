@@ -110,6 +110,19 @@ def add_parser(sub: Any) -> None:
     budget.add_argument("--eval-subset", type=positive_int_arg, default=None,
                         help="use at most N images of the evaluation split")
     budget.add_argument("--workers", type=int, default=None, help="data-loader worker processes (default: 0)")
+    launch = run.add_argument_group("jobs (one per variant × seed; they share the checkpoint cache and --out)")
+    launch.add_argument("--jobs", type=positive_int_arg, default=1,
+                        help="run up to N units side by side on this machine, each with its share of the CPU threads")
+    launch.add_argument("--launcher", choices=["local", "submitit"], default="local",
+                        help="submitit: send one job per unit to SLURM through submitit (pip install "
+                             "'sslbench[cluster]')")
+    launch.add_argument("--partition", default=None, help="SLURM partition of the submitit jobs")
+    launch.add_argument("--gpus-per-job", type=positive_int_arg, default=1,
+                        help="GPUs per submitit job (more than one trains under torchrun)")
+    launch.add_argument("--timeout-min", type=positive_int_arg, default=24 * 60, help="time limit per submitit job")
+    launch.add_argument("--submitit-cluster", choices=["slurm", "local"], default=None,
+                        help="submitit's executor (default: SLURM where srun exists, else local processes)")
+    launch.add_argument("--unit", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
                      metavar="OWNER.KEY=VALUE",
                      help="an option of every variant of a pretext (quantized.rebalance=false), of one variant, of "
@@ -228,6 +241,11 @@ def main(args: argparse.Namespace) -> int:
     exp = experiment_from_args(args)
     plan = resolve_plan(exp, Path(exp.cache_dir or default_cache_dir()))
     console = Console(stderr=True)
+    child = args.unit is not None
+    if child:
+        if not 0 <= args.unit < len(plan.units):
+            raise UsageError(f"--unit {args.unit}: the plan has units 0..{len(plan.units) - 1}")
+        plan.units = [plan.units[args.unit]]
     if args.dry_run:
         print_plan(plan, args.force)
         return 0
@@ -261,12 +279,18 @@ def main(args: argparse.Namespace) -> int:
         atomic_write_bytes(plan.out / "manifest.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
 
     try:
-        with Progress(enabled=not args.quiet, console=console) as progress:
-            outcome = run(plan, force=args.force, wait=not args.no_wait, progress=progress, on_record=report,
-                          say=log)
+        if not child and (args.jobs > 1 or args.launcher == "submitit"):
+            outcome = _launch(args, plan, log)
+        else:
+            with Progress(enabled=not args.quiet, console=console) as progress:
+                outcome = run(plan, force=args.force, wait=not args.no_wait, progress=progress, on_record=report,
+                              say=log)
     except BaseException as exc:
-        save_manifest(error=f"{type(exc).__name__}: {exc}")
+        if not child:
+            save_manifest(error=f"{type(exc).__name__}: {exc}")
         raise
+    if child:
+        return 1 if outcome.failed else 0
     save_manifest(outcome)
     log(f"{outcome.done} evaluated, {outcome.cached} already recorded; trained: "
         f"{', '.join(outcome.trained) or 'none'}; reused checkpoints: {', '.join(outcome.reused) or 'none'}"
@@ -277,7 +301,24 @@ def main(args: argparse.Namespace) -> int:
 
         atomic_write_bytes(plan.out / "table.md", (make_table(outcome.records, "md") + "\n").encode())
     print_records_table(outcome.records, Console())
+    if outcome.missing:
+        log(f"{len(outcome.missing)} record(s) missing, their jobs died without writing them (see the job logs): "
+            + ", ".join(outcome.missing), "red")
     if outcome.failed:
         log(f"{len(outcome.failed)} failed: see the records' reason and traceback fields", "red")
-        return 1
-    return 0
+    return 1 if outcome.failed or outcome.missing else 0
+
+
+def _launch(args: argparse.Namespace, plan: Any, log: Any) -> Any:
+    """Run the plan's pending units as separate jobs, then read their records back."""
+    from sslbench.launch import run_local, run_submitit
+    from sslbench.runner import collect, unit_status
+
+    pending = [i for i, unit in enumerate(plan.units) if unit_status(plan, unit, args.force)[1]]
+    log(f"{len(pending)} of {len(plan.units)} units to run as jobs ({args.launcher})")
+    if args.launcher == "submitit":
+        run_submitit(args.argv, pending, folder=plan.out / "jobs", partition=args.partition,
+                     gpus=args.gpus_per_job, timeout_min=args.timeout_min, cluster=args.submitit_cluster, say=log)
+    else:
+        run_local(args.argv, pending, args.jobs, plan.out / "jobs", say=log)
+    return collect(plan)

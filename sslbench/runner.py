@@ -22,7 +22,7 @@ from sslbench.config import TrainBudget, config_hash
 from sslbench.errors import DiskFullError, SslbenchError, UsageError
 from sslbench.plan import Evaluation, RunPlan, Unit, build_pretext
 
-__all__ = ["RunOutcome", "run", "default_cache_dir", "unit_status", "checkpoint_store", "features_dir"]
+__all__ = ["RunOutcome", "run", "collect", "default_cache_dir", "unit_status", "checkpoint_store", "features_dir"]
 
 RecordHook = Callable[[dict[str, Any]], None]
 
@@ -40,6 +40,8 @@ class RunOutcome:
     reused: list[str] = field(default_factory=list)
     #: Units another process was training when ``wait`` was off: left for a later run.
     deferred: list[str] = field(default_factory=list)
+    #: Records a job should have written and did not (see :func:`collect`).
+    missing: list[str] = field(default_factory=list)
     done: int = 0
     cached: int = 0
 
@@ -150,6 +152,23 @@ def run(plan: RunPlan, *, force: bool = False, wait: bool = True, progress: Any 
     for unit in plan.units:
         _run_unit(plan, unit, runtime, env, outcome, force=force, wait=wait, progress=progress,
                   on_record=on_record, say=say)
+    return outcome
+
+
+def collect(plan: RunPlan) -> RunOutcome:
+    """The outcome of ``plan`` as its records on disk say (after jobs that ran its units elsewhere): every current
+    or failed record; an evaluation without one is listed in ``missing``."""
+    from sslbench.records import read_record
+
+    outcome = RunOutcome()
+    for unit in plan.units:
+        for evaluation in unit.evaluations:
+            record = read_record(evaluation.path)
+            if record is not None and record.get("config_hash") == evaluation.hash:
+                outcome.records.append(record)
+                outcome.done += 1
+            else:
+                outcome.missing.append(str(evaluation.path))
     return outcome
 
 
