@@ -226,11 +226,15 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
                 summary = load_trained(pretext, store, runtime)
                 outcome.reused.append(unit.label)
             else:
-                lock = CheckpointLock(store.dir / "train.lock")
+                # Under torchrun the main process holds the lock for all ranks, and they always wait together:
+                # every rank must take the same decision (train or reuse) after it.
+                lock = CheckpointLock(store.dir / "train.lock") if runtime.is_main else None
                 owner_note = lambda info: say(  # noqa: E731 - a one-line callback
                     f"waiting for {unit.label}: its checkpoint is being trained by pid {(info or {}).get('pid')} "
                     f"on {(info or {}).get('host')}; it will be reused when done")
-                if not lock.acquire(wait=wait, on_wait=owner_note):
+                acquired = lock is None or lock.acquire(wait=wait or runtime.distributed, on_wait=owner_note)
+                runtime.barrier()
+                if not acquired:
                     say(f"moving on: {unit.label} is being trained by another process (--no-wait); rerun later "
                         "to evaluate it")
                     outcome.deferred.append(unit.label)
@@ -251,7 +255,8 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
                         raise _disk_full(exc, store.dir) from exc
                     raise
                 finally:
-                    lock.release()
+                    if lock is not None:
+                        lock.release()
             train_info = {"trained": True, "checkpoint": str(store.final.resolve()), **summary.as_record()}
         else:
             pretext.to(runtime.device)
