@@ -624,14 +624,20 @@ def build_table(records: Iterable[dict[str, Any]], metrics: Sequence[str] | None
                 ci: bool = False, references: Sequence[str] = (), digits: int = 1) -> Table:
     """Aggregate ``records`` (as :func:`sslbench.records.load_records` returns them) into a :class:`Table`.
 
-    ``metrics`` keeps only the metrics named (a name matches a metric equal to it, ending in ``/name`` or starting
-    with ``name/``; one that matches nothing is a :class:`UsageError`). ``layout="rows"`` turns the colorization
+    ``metrics`` keeps only the protocols and metrics named (a protocol's name keeps its columns; a metric name
+    matches a metric equal to it, ending in ``/name`` or starting with ``name/``; one that matches nothing is a
+    :class:`UsageError`). ``layout="rows"`` turns the colorization
     protocols' ``reference/<row>/<metric>`` values into rows; ``ci`` adds 95 % bootstrap intervals over test images
     (:mod:`sslbench.bootstrap`) from the records' per-image files; ``references`` adds published rows
     (:mod:`sslbench.published`)."""
     if layout not in LAYOUTS:
         raise UsageError(f"layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     runs = [_run(r) for r in records]
+    protocols = {r.protocol for r in runs}
+    named = [m for m in (metrics or []) if m in protocols]
+    if named:  # a protocol's name selects that protocol's columns; the other names filter its metrics
+        runs = [r for r in runs if r.protocol in named]
+        metrics = [m for m in metrics or [] if m not in named] or None
     warnings: list[str] = []
     groups, mixed = _groups(runs, warnings)
     available = {m for r in runs if r.status == "ok" for m, v in r.metrics.items() if _is_metric_value(v)}

@@ -469,3 +469,12 @@ def test_metric_conventions_are_printed_under_the_table():
     text = make_table(records, "md")
     assert "Metric conventions: colorization auc = trapezoid; colorization prior = train." in text
     assert "| convention" not in text
+
+
+def test_a_protocol_name_selects_its_columns():
+    records = [_record("regression", "linear", 0, {"best/top1": 40.0, "layer/stage1/top1": 30.0}),
+               _record("regression", "colorization", 0, {"auc": 90.0, "psnr": 24.0})]
+    table = build_table(records, ["colorization"])
+    assert {(c.protocol, c.metric) for c in table.columns} == {("colorization", "auc"), ("colorization", "psnr")}
+    narrowed = build_table(records, ["linear", "best/top1"])
+    assert [(c.protocol, c.metric) for c in narrowed.columns] == [("linear", "best/top1")]
