@@ -364,9 +364,10 @@ def _write_bad_images(folder: Path, unit: Unit) -> None:
         from sslbench.datasets.bad_images import write_bad_images_file
     except ImportError:
         return
-    bad = []
+    bad: dict[str, Any] = {}  # splits can share files (a probe subset of the pretext split): each is listed once
     for split in (unit.dataset.pretext_data, unit.dataset.probe_data, unit.dataset.eval_data):
         for part in getattr(split, "parts", [split]):
-            bad.extend(getattr(part, "bad_images", []))
+            for item in getattr(part, "bad_images", []):
+                bad.setdefault(str(item.path), item)
     if bad:
-        write_bad_images_file(folder / "bad_images.txt", bad)
+        write_bad_images_file(folder / "bad_images.txt", list(bad.values()))
