@@ -15,7 +15,7 @@ from sslbench import plots
 from sslbench.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
-COMMITTED = REPO / "results" / "synthetic-colorizers" / "runs"
+COMMITTED = REPO / "results" / "cifar10-linear" / "runs"
 
 
 @pytest.fixture(scope="module")
@@ -168,20 +168,21 @@ def test_unreadable_files_are_reported_and_passed_over(tiny_runs, tmp_path, caps
 
 
 def test_committed_records(tmp_path):
-    """The committed synthetic-colorizers records (schema sslbench.run/1: no variant, only first and last losses)."""
+    """The committed cifar10-linear records (real, three seeds): each line is its variant's mean over seeds."""
     records, _ = plots.read_runs(COMMITTED)
-    raw = _json_records(COMMITTED)
-    assert records and len(records) == len(raw)
+    raw = [r for r in _json_records(COMMITTED) if r["status"] == "ok"]
     figure = plots.layer_figure(plots.layer_series(records))
-    ax = _axes(figure, "synthetic · vgg_small · linear")
-    for record in raw:
-        expected = [v["top1"] for v in record["metrics"]["layer"].values()]
-        np.testing.assert_allclose(_line(ax, record["pretext"]).get_ydata(), expected)
-    loss_ax = _axes(plots.loss_figure(plots.loss_series(records)), "synthetic · vgg_small")
-    cgan = next(r for r in raw if r["pretext"] == "cgan")["train"]
-    line = _line(loss_ax, "cgan (loss_G)")
-    np.testing.assert_array_equal(line.get_xdata(), [cgan["first_losses"]["step"], cgan["last_losses"]["step"]])
-    np.testing.assert_allclose(line.get_ydata(), [cgan["first_losses"]["loss_G"], cgan["last_losses"]["loss_G"]])
+    for protocol in ("linear", "knn"):
+        ax = _axes(figure, f"cifar10 · vgg_small · {protocol}")
+        mine = [r for r in raw if r["protocol"] == protocol]
+        for variant in {r["variant"] for r in mine}:
+            seeds = [r for r in mine if r["variant"] == variant]
+            expected = np.mean([[v["top1"] for v in r["metrics"]["layer"].values()] for r in seeds], axis=0)
+            np.testing.assert_allclose(_line(ax, variant).get_ydata(), expected)
+    loss_ax = _axes(plots.loss_figure(plots.loss_series(records)), "cifar10 · vgg_small")
+    cgan = [r["train"]["history"] for r in raw if r["variant"] == "cgan" and r["protocol"] == "linear"]
+    np.testing.assert_allclose(_line(loss_ax, "cgan (loss_G)").get_ydata(),
+                               np.mean([[h["loss_G"] for h in history] for history in cgan], axis=0))
     assert "random" not in [line.get_gid() for line in loss_ax.get_lines()]
     assert main(["plot", "--runs", str(COMMITTED), "--out", str(tmp_path)]) == 0
     assert (tmp_path / "layers_top1.pdf").exists() and (tmp_path / "loss.png").exists()
