@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -278,6 +279,10 @@ def main(args: argparse.Namespace) -> int:
                                    "deferred": outcome.deferred, "failed": len(outcome.failed)}
         atomic_write_bytes(plan.out / "manifest.json", (json.dumps(manifest, indent=2, default=str) + "\n").encode())
 
+    def terminated(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)  # a scheduler's SIGTERM ends the run like Ctrl-C: manifest and log kept
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         if not child and (args.jobs > 1 or args.launcher == "submitit"):
             outcome = _launch(args, plan, log)
