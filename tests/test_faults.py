@@ -173,3 +173,17 @@ def test_bad_training_images_are_skipped_listed_and_counted(tmp_path, shared_dat
                             capture_output=True, text=True, timeout=600)
     assert failed.returncode == 2 and str(eval_bad) in failed.stderr and "Traceback" not in failed.stderr
     assert not list((tmp_path / "cache2").rglob("*.pt")), "it trained before checking the evaluation split"
+
+
+def test_sigterm_ends_the_run_with_its_manifest_and_log_kept(tmp_path):
+    import signal
+
+    run = _start(TRAIN + ["--steps", "400", "--out", "runs", "--cache-dir", "cache"], tmp_path)
+    _wait_for_lock(tmp_path / "cache", run)
+    run.send_signal(signal.SIGTERM)
+    run.communicate(timeout=600)
+    assert run.returncode == 128 + signal.SIGTERM
+    manifest = json.loads((tmp_path / "runs" / "manifest.json").read_text())
+    assert manifest["error"] == f"SystemExit: {128 + signal.SIGTERM}" and manifest["wall_s"] > 0
+    assert "sslbench run:" in (tmp_path / "runs" / "run.log").read_text()
+    assert not list((tmp_path / "cache").rglob("train.lock")), "the lock of a terminated run is released"
