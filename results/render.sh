@@ -16,7 +16,7 @@ render() {  # experiment, then one `sslbench table` argument list per table
     # shellcheck disable=SC2086
     sslbench table --runs "$runs" $args >> "$out"
   done
-  sslbench plot --runs "$runs" --kind layers,loss --out "results/$exp/figures"
+  sslbench plot --runs "$runs" --kind layers,loss --out "results/$exp/figures" || sslbench plot --runs "$runs" --kind loss --out "results/$exp/figures"
   if sslbench plot --runs "$runs" --kind grid --num-images 6 --out "results/$exp/figures"; then
     sslbench report --runs "$runs" --out "results/$exp/report.html" --grid --num-images 6 --title "sslbench: $exp"
   else
