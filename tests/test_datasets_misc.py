@@ -364,3 +364,22 @@ def test_corrupt_jpeg_names_the_file(name: str, shared_data: Path, tmp_path: Pat
     assert ds[0]["image"].shape == (3, 32, 32)
     with pytest.raises(DataError, match=str(bad)):
         ds[1]
+
+
+def test_stl10_pretrains_on_train_and_unlabeled_by_default(stl_root, tmp_path) -> None:
+    from sslbench.experiment import DatasetSpec, Experiment, VariantSpec
+    from sslbench.plan import resolve_plan
+
+    root, tiles, labels = stl_root
+    exp = Experiment(variants=[VariantSpec("regression", "regression"), VariantSpec("supervised", "supervised")],
+                     datasets=[DatasetSpec("stl10", data_root=str(root), image_size=32)])
+    plan = resolve_plan(exp, tmp_path / "cache")
+    dataset = plan.datasets[0]
+    assert (dataset.pretext_split, dataset.probe_split, dataset.eval_split) == ("train+unlabeled", "train", "test")
+    assert len(dataset.pretext_data) == 6 + 3 and len(dataset.probe_data) == 6 and len(dataset.eval_data) == 3
+    units = {u.variant.name: u for u in plan.units}
+    assert units["regression"].run_config["pretext_split"] == "train+unlabeled"
+    assert units["supervised"].run_config["pretext_split"] == "train"  # the labelled bound trains on labels
+    assert set(dataset.pretext_data[0]) == set(dataset.pretext_data[8]) == {"image"}  # unlabeled: no label key
+    batch = next(iter(torch.utils.data.DataLoader(dataset.pretext_data, batch_size=9)))
+    assert batch["image"].shape == (9, 3, 32, 32)

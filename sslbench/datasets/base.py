@@ -85,6 +85,10 @@ class ImageDataset(Dataset):
     splits: ClassVar[tuple[str, ...]] = ("train", "test")
     #: The split protocols evaluate on.
     eval_split: ClassVar[str] = "test"
+    #: The split pretexts train on without labels ("a+b" joins splits, e.g. STL-10's train+unlabeled).
+    pretext_split: ClassVar[str] = "train"
+    #: The labelled split probes and fine-tuning (and the supervised bound) train on.
+    probe_split: ClassVar[str] = "train"
     #: Default side of the square images it returns.
     default_image_size: ClassVar[int] = 32
     #: Environment variable naming the data root when ``--data-root`` is not given (None: needs no files).

@@ -33,7 +33,11 @@ class JoinedSplits(ImageDataset):
         self.mask_class_names = tuple(first.mask_class_names)
         self.root = first.root
         self.image_size = first.image_size
-        self._keys = {"image"} | set(self.provides)
+        # Keys every part's items carry (STL-10's unlabeled split declares `label` like its adapter but has none),
+        # read off one item of each part, so that batches mixing the parts collate.
+        self._keys = set.intersection(*(set(part[0]) for part in parts if len(part))) if any(map(len, parts)) \
+            else {"image"}
+        self.provides = frozenset(self.provides & self._keys)
         self._joined = ConcatDataset(parts)
 
     def __len__(self) -> int:

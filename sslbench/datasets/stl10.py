@@ -62,6 +62,8 @@ class STL10Dataset(ImageDataset):
     provides = frozenset({"label"})
     splits = ("train", "test", "unlabeled")
     eval_split = "test"
+    #: The 100k unlabeled images are what STL-10 offers self-supervised pretraining, with the labelled 5k.
+    pretext_split = "train+unlabeled"
     default_image_size = STL10_SIDE
     env_var = "SSLBENCH_STL10"
     class_names = STL10_CLASSES

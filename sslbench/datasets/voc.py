@@ -127,6 +127,9 @@ class VOC2007Dataset(ImageDataset):
     provides = frozenset({"labels", "difficult"})
     splits = ("train", "trainval", "val", "test")
     eval_split = "test"
+    #: VOC 2007's benchmark trains on trainval and reports on test (Goyal et al.; Krähenbühl et al.).
+    pretext_split = "trainval"
+    probe_split = "trainval"
     default_image_size = 224
     env_var = "SSLBENCH_VOC2007"
     class_names = VOC_CLASSES
