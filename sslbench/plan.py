@@ -32,7 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from sslbench.config import HARNESS_SCHEMA, config_hash, resolve_options, to_dict
+from sslbench.config import HARNESS_SCHEMA, config_hash, parse_value, resolve_options, to_dict
 from sslbench.errors import IncompatibleError, SslbenchError, UsageError
 from sslbench.experiment import VARIANT_NAME, DatasetSpec, Experiment
 from sslbench.records import record_path
@@ -78,14 +78,8 @@ def _resolve_signature_options(obj: Any, exclude: tuple[str, ...], options: dict
     names = {f.name for f in dataclasses.fields(config_cls)}
     known = {k: v for k, v in options.items() if k in names or not extra}
     resolved = to_dict(resolve_options(config_cls, known, owner))
-    resolved.update({k: _parse_loose(v) for k, v in options.items() if k not in names and extra})
+    resolved.update({k: parse_value(v) for k, v in options.items() if k not in names and extra})
     return resolved
-
-
-def _parse_loose(value: Any) -> Any:
-    from sslbench.config import parse_value
-
-    return parse_value(value)
 
 
 # -- the plan ---------------------------------------------------------------------------------------------------------
@@ -276,7 +270,6 @@ def _protocols(exp: Experiment) -> list[ProtocolPlan]:
 def _encoders(exp: Experiment) -> list[EncoderPlan]:
     plans = []
     for name, options in exp.encoders.items():
-        entry, _ = ENCODERS.resolve(name)
         factory = ENCODERS.get(name)
         resolved = _resolve_signature_options(factory, ENCODER_COMMON, options, f"encoder {name!r}")
         plans.append(EncoderPlan(name, resolved, _provenance(ENCODERS, name)))

@@ -87,21 +87,22 @@ def _budget(plan: RunPlan) -> TrainBudget:
     return TrainBudget(epochs=b.epochs, steps=b.steps, batch_size=b.batch_size)
 
 
+def _free_bytes(path: Path) -> int:
+    """Free space on the file system that holds ``path`` (or, if it does not exist yet, its nearest ancestor)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
 def _disk_full(exc: OSError, where: Path) -> DiskFullError:
     path = Path(exc.filename) if exc.filename else where
-    probe = path if path.exists() else path.parent
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free_mb = shutil.disk_usage(probe).free / 2**20
+    free_mb = _free_bytes(path) / 2**20
     return DiskFullError(f"disk full at {path}, free {free_mb:.0f} MB; finished checkpoints and records are kept. "
                          "Free some space (or point --cache-dir/--out elsewhere) and rerun to continue.")
 
 
 def _check_room(where: Path, needed_bytes: int, what: str) -> None:
-    probe = where
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
+    free = _free_bytes(where)
     if free < needed_bytes:
         raise DiskFullError(f"{what} at {where} needs about {needed_bytes / 2**20:.0f} MB but only "
                             f"{free / 2**20:.0f} MB are free; free some space or choose another folder")
