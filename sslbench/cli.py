@@ -27,6 +27,7 @@ COMMAND_MODULES: dict[str, str] = {
     "plot": "sslbench.plot_cli",
     "report": "sslbench.report_cli",
     "check-data": "sslbench.check_data",
+    "check": "sslbench.check_cli",
 }
 
 
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--output", type=Path, default=None, help="write to this file instead of stdout")
     for module in COMMAND_MODULES.values():
         importlib.import_module(module).add_parser(sub)
+    for command in sub.choices.values():
+        command.add_argument("--plugin", dest="plugins", type=Path, action="append", default=[], metavar="FILE",
+                             help="load plugins from this Python file, no packaging needed (repeatable; also "
+                                  "$SSLBENCH_PLUGINS, files separated by the path separator)")
     return parser
 
 
@@ -156,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         handler = {"list": _cmd_list, "table": _cmd_table}[args.command]
     try:
+        from sslbench.plugin_files import load_plugins
+
+        load_plugins(args.plugins)
         return handler(args)
     except UsageError as exc:
         print(f"sslbench {args.command}: error: {exc}", file=sys.stderr)

@@ -5,7 +5,9 @@ Each job is the same ``sslbench run`` command restricted to one unit (``--unit K
 encoder of the resolved plan, which every process resolves identically). Jobs share the checkpoint cache (the
 checkpoint lock keeps two of them from training one checkpoint) and write their own records into the same ``--out``;
 the launching process waits for all of them and then reads the records back, so the table, manifest and exit code
-are the ones a single process would have given.
+are the ones a single process would have given. Every plugin file the launching process loaded (``--plugin``,
+``SSLBENCH_PLUGINS``) is passed to each job as ``--plugin ABSOLUTE_PATH``, so a job loads the same files wherever it
+starts (every torchrun rank gets the same arguments).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from sslbench.errors import UsageError
 
-__all__ = ["LAUNCHER_OPTIONS", "child_argv", "run_local", "run_submitit"]
+__all__ = ["LAUNCHER_OPTIONS", "child_argv", "job_argv", "run_local", "run_submitit"]
 
 #: Options of the launching process that its jobs must not see again (with the number of values each takes).
 LAUNCHER_OPTIONS = {"--jobs": 1, "--launcher": 1, "--partition": 1, "--gpus-per-job": 1, "--timeout-min": 1,
@@ -40,6 +42,14 @@ def child_argv(argv: Sequence[str], unit: int) -> list[str]:
             continue
         out.append(arg)
     return [*out, "--unit", str(unit), "--quiet"]
+
+
+def job_argv(argv: Sequence[str], unit: int) -> list[str]:
+    """The job's ``sslbench`` arguments: :func:`child_argv` plus ``--plugin`` for every plugin file loaded here."""
+    from sslbench.plugin_files import loaded_plugin_files
+
+    plugins = [arg for loaded in loaded_plugin_files() for arg in ("--plugin", str(loaded.path))]
+    return [*child_argv(argv, unit), *plugins]
 
 
 def _command(argv: list[str], gpus: int) -> list[str]:
@@ -64,7 +74,7 @@ def run_local(argv: Sequence[str], units: list[int], jobs: int, log_dir: Path,
         while waiting and len(running) < jobs:
             unit = waiting.pop(0)
             log = open(log_dir / f"unit-{unit}.log", "w")
-            running[unit] = (subprocess.Popen(_command(child_argv(argv, unit), 1), stdout=log,
+            running[unit] = (subprocess.Popen(_command(job_argv(argv, unit), 1), stdout=log,
                                               stderr=subprocess.STDOUT, env=env), log)
             say(f"job for unit {unit} started (pid {running[unit][0].pid}, log {log.name})")
         for unit, (process, log) in list(running.items()):
@@ -93,7 +103,7 @@ def run_submitit(argv: Sequence[str], units: list[int], *, folder: Path, partiti
     executor.update_parameters(**params)
     jobs = {}
     for unit in units:
-        command = submitit.helpers.CommandFunction(_command(child_argv(argv, unit), gpus), cwd=os.getcwd(),
+        command = submitit.helpers.CommandFunction(_command(job_argv(argv, unit), gpus), cwd=os.getcwd(),
                                                    verbose=True)
         jobs[unit] = executor.submit(command)
         say(f"unit {unit} submitted as job {jobs[unit].job_id} ({executor.cluster})")

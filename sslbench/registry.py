@@ -24,6 +24,10 @@ built-in of that name, or else the one entry point that has it; a third-party pl
 two that take the same name) is a *clash*, reported by :meth:`Registry.clashes` and by ``sslbench list``, and is
 reached by its qualified name. :meth:`Registry.provenance` says where a plugin comes from and in which versions, for
 records and checkpoint hashes.
+
+A plugin may also live in a plain file, loaded with ``--plugin FILE`` or ``SSLBENCH_PLUGINS`` (see
+:mod:`sslbench.plugin_files`): its registrations are marked with the file's path and SHA-256 (origin ``file PATH``),
+and both enter its provenance, so editing the file gives new checkpoint and record hashes.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ T = TypeVar("T")
 
 __all__ = [
     "BUILTIN_DISTRIBUTION",
+    "PLUGIN_FILE_MODULES",
     "PluginClash",
     "PluginEntry",
     "Registry",
@@ -77,6 +82,11 @@ def natural_key(text: str) -> list[Any]:
 BUILTIN_DISTRIBUTION = "sslbench"
 
 
+#: Modules imported from plugin files by :mod:`sslbench.plugin_files`: module name -> (absolute path, SHA-256 of the
+#: file). A plugin registered from one of them is marked with its file, for ``sslbench list``, records and hashes.
+PLUGIN_FILE_MODULES: dict[str, tuple[str, str]] = {}
+
+
 def canonical_distribution(name: str) -> str:
     """A distribution name in its normalised form (PEP 503): ``My_Dist`` -> ``my-dist``."""
     return re.sub(r"[-_.]+", "-", name).lower()
@@ -107,6 +117,9 @@ class PluginEntry:
     distribution: str | None = None
     #: That distribution's version.
     version: str | None = None
+    #: For a plugin loaded from a plain file (``--plugin FILE``): the file's absolute path and its SHA-256.
+    file: str | None = None
+    sha256: str | None = None
 
     @property
     def is_family(self) -> bool:
@@ -242,9 +255,22 @@ class Registry(Generic[T]):
             )
         if existing is not None:
             return
-        entry = PluginEntry(name=name, kind=self.kind, module=module, origin=origin or f"module {module}", obj=obj)
+        path, sha256 = PLUGIN_FILE_MODULES.get(module, (None, None))
+        default_origin = f"file {path}" if path is not None else f"module {module}"
+        entry = PluginEntry(name=name, kind=self.kind, module=module, origin=origin or default_origin, obj=obj,
+                            file=path, sha256=sha256)
         self._all.append(entry)
         self._entries[name] = entry
+
+    def forget_module(self, module: str) -> list[str]:
+        """Drop the plugins registered at run time by ``module`` (a plugin file whose import failed half-way), so a
+        fixed file can be loaded again; returns their names. Discovered plugins are never dropped."""
+        gone = [e for e in self._all if e.module == module and e.entry_point is None and e.origin != "built-in"]
+        self._all = [e for e in self._all if e not in gone]
+        for entry in gone:
+            if self._entries.get(entry.name) is entry:
+                del self._entries[entry.name]
+        return [e.name for e in gone]
 
     def _check_base(self, name: str, obj: Any) -> None:
         if self.base is None or not isinstance(obj, type):
@@ -387,13 +413,15 @@ class Registry(Generic[T]):
         ``origin`` (``built-in``, ``entry point (DIST)`` or ``module M``), ``distribution`` and ``version`` (the
         distribution's), ``plugin_version`` (the plugin's own ``version`` attribute as a string, None without one) and
         ``module``. A third-party plugin's records and checkpoints thus change when its distribution's version does.
+        A plugin loaded from a file adds ``file`` (its absolute path) and ``sha256`` (of its content), so they change
+        when the file does; other plugins have neither key, which keeps their hashes as they were.
         """
         entry, variant = self.resolve(name)
         obj = self._load(entry)
         bare = entry.name if variant is None else f"{entry.name[:-2]}/{variant}"
         qualified = bare if entry.distribution is None else f"{canonical_distribution(entry.distribution)}:{bare}"
         own = getattr(obj, "version", None)
-        return {
+        provenance = {
             "name": bare,
             "qualified_name": qualified,
             "origin": entry.origin,
@@ -402,6 +430,9 @@ class Registry(Generic[T]):
             "plugin_version": str(own) if isinstance(own, (str, int, float)) else None,
             "module": getattr(obj, "__module__", None) or entry.module,
         }
+        if entry.file is not None:
+            provenance.update(file=entry.file, sha256=entry.sha256)
+        return provenance
 
     def __contains__(self, name: str) -> bool:
         try:
