@@ -263,7 +263,11 @@ def apply_settings(exp: Experiment, settings: list[tuple[str, str, str]]) -> Non
                 options[key] = value
                 hit = True
         if not hit:
+            from sslbench.registry import closest
+
             known = sorted({v.name for v in exp.variants} | {v.pretext for v in exp.variants} | set(exp.protocols)
                            | {d.name for d in exp.datasets} | {"encoder"} | set(exp.encoders))
+            near = closest(owner, known)
+            hint = f" Did you mean {near!r}?" if near else ""
             raise UsageError(f"--set {owner}.{key}={value}: {owner!r} is none of this run's variants, pretexts, "
-                             f"protocols, datasets or encoders ({', '.join(known)})")
+                             f"protocols, datasets or encoders ({', '.join(known)}).{hint}")

@@ -21,6 +21,10 @@ What the hashes cover:
 
 A plan whose evaluation split is also one of its training splits (pretext or probe) is refused unless
 ``allow_eval_on_train`` is set, and then it is recorded.
+
+Order: every problem that needs no data is found before any dataset is opened (names, every plugin's options with
+its ``Config.__post_init__``, splits, what protocols and pretexts need from each dataset's declared ``provides``);
+then the datasets are opened (each adapter checks its data root first) and only then fingerprinted.
 """
 
 from __future__ import annotations
@@ -33,19 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from sslbench.config import HARNESS_SCHEMA, config_hash, parse_value, resolve_options, to_dict
-from sslbench.errors import IncompatibleError, SslbenchError, UsageError
+from sslbench.errors import SslbenchError, UsageError
 from sslbench.experiment import VARIANT_NAME, DatasetSpec, Experiment
+from sslbench.options import DATASET_COMMON, ENCODER_COMMON, check_requirements, check_split
 from sslbench.records import record_path
 from sslbench.registry import DATASETS, ENCODERS, PRETEXTS, PROTOCOLS
 
 __all__ = ["RunPlan", "Unit", "Evaluation", "VariantPlan", "DatasetPlan", "EncoderPlan", "ProtocolPlan",
            "resolve_plan", "signature_config"]
-
-#: Keyword arguments every dataset adapter takes that are not options: the plan sets them.
-DATASET_COMMON = ("root", "split", "image_size", "subset")
-#: Keyword arguments every encoder factory takes that are not options.
-ENCODER_COMMON = ("in_chans", "image_size", "variant")
-
 
 # -- option classes for plugins that declare options as keyword arguments ---------------------------------------------
 @cache
@@ -67,17 +66,20 @@ def signature_config(obj: Any, exclude: tuple[str, ...]) -> tuple[type, bool]:
             continue
         default = param.default
         factory = (lambda d=default: d) if isinstance(default, (list, dict, set)) else None
-        fields.append((param.name, Any, field(default_factory=factory) if factory else field(default=default)))
+        # The annotation as written (a string under ``from __future__ import annotations``) lets values be checked
+        # against it; it never enters a hash.
+        annotation = param.annotation if isinstance(param.annotation, (str, type)) else Any
+        fields.append((param.name, annotation, field(default_factory=factory) if factory else field(default=default)))
     name = f"{getattr(obj, '__name__', 'Plugin')}Options"
     return dataclasses.make_dataclass(name, fields), extra
 
 
-def _resolve_signature_options(obj: Any, exclude: tuple[str, ...], options: dict[str, Any], owner: str
-                               ) -> dict[str, Any]:
+def _resolve_signature_options(obj: Any, exclude: tuple[str, ...], options: dict[str, Any], owner: str,
+                               show: str) -> dict[str, Any]:
     config_cls, extra = signature_config(obj, exclude)
     names = {f.name for f in dataclasses.fields(config_cls)}
     known = {k: v for k, v in options.items() if k in names or not extra}
-    resolved = to_dict(resolve_options(config_cls, known, owner))
+    resolved = to_dict(resolve_options(config_cls, known, owner, show))
     resolved.update({k: parse_value(v) for k, v in options.items() if k not in names and extra})
     return resolved
 
@@ -245,7 +247,8 @@ def _variants(exp: Experiment) -> list[VariantPlan]:
             raise UsageError(f"variant {spec.name!r} is named twice")
         seen.add(spec.name)
         cls = PRETEXTS.get(spec.pretext)
-        config = resolve_options(cls.Config, spec.options, f"pretext {spec.pretext!r} (variant {spec.name!r})")
+        config = resolve_options(cls.Config, spec.options, f"pretext {spec.pretext!r} (variant {spec.name!r})",
+                                 spec.pretext)
         options = to_dict(config)
         defaults = to_dict(cls.Config())
         differs = {k: v for k, v in options.items() if defaults.get(k) != v}
@@ -262,44 +265,54 @@ def _protocols(exp: Experiment) -> list[ProtocolPlan]:
         names = {f.name for f in dataclasses.fields(cls.Config)}
         if exp.budget.eval_epochs is not None and "epochs" in names and "epochs" not in options:
             options["epochs"] = exp.budget.eval_epochs
-        config = resolve_options(cls.Config, options, f"protocol {name!r}")
+        config = resolve_options(cls.Config, options, f"protocol {name!r}", name)
+        _check_protocol_config(name, cls, config)
         plans.append(ProtocolPlan(name, cls, config, to_dict(config), _provenance(PROTOCOLS, name)))
     return plans
+
+
+def _check_protocol_config(name: str, cls: Any, config: Any) -> None:
+    """A protocol's own ``check_config()`` (options that only fail together, or against a list the protocol keeps),
+    run now rather than when it evaluates; its ValueError is a usage error."""
+    if not callable(getattr(cls, "check_config", None)):
+        return
+    try:
+        cls(config).check_config()
+    except UsageError:
+        raise
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"protocol {name!r}: {exc}") from exc
 
 
 def _encoders(exp: Experiment) -> list[EncoderPlan]:
     plans = []
     for name, options in exp.encoders.items():
         factory = ENCODERS.get(name)
-        resolved = _resolve_signature_options(factory, ENCODER_COMMON, options, f"encoder {name!r}")
+        resolved = _resolve_signature_options(factory, ENCODER_COMMON, options, f"encoder {name!r}", name)
         plans.append(EncoderPlan(name, resolved, _provenance(ENCODERS, name)))
     return plans
 
 
-def _open_split(spec: DatasetSpec, cls: Any, split: str, subset: int | None, options: dict[str, Any]) -> Any:
+def _open_split(spec: DatasetSpec, split: str, subset: int | None, options: dict[str, Any]) -> Any:
     from sslbench.datasets import create_dataset
     from sslbench.datasets.joined import JoinedSplits, split_parts
 
-    parts = split_parts(split)
-    unknown = [p for p in parts if p not in cls.splits]
-    if not parts or unknown:
-        raise UsageError(f"dataset {spec.name!r} has no split {split!r}; its splits are {', '.join(cls.splits)} "
-                         "(join several with '+', e.g. train+unlabeled)")
     opened = [create_dataset(spec.name, root=spec.data_root, split=part, image_size=spec.image_size,
-                             subset=subset, **options) for part in parts]
+                             subset=subset, **options) for part in split_parts(split)]
     return opened[0] if len(opened) == 1 else JoinedSplits(opened)
 
 
 def _datasets(exp: Experiment) -> list[DatasetPlan]:
-    from sslbench.datasets.fingerprint import data_fingerprint
-
+    """Every dataset's adapter, options and splits, checked; nothing is opened yet."""
     plans = []
     for spec in exp.datasets:
         cls = DATASETS.get(spec.name)
-        options = _resolve_signature_options(cls, DATASET_COMMON, spec.options, f"dataset {spec.name!r}")
+        options = _resolve_signature_options(cls, DATASET_COMMON, spec.options, f"dataset {spec.name!r}", spec.name)
         pretext_split = spec.pretext_split or getattr(cls, "pretext_split", "train")
         probe_split = spec.probe_split or getattr(cls, "probe_split", "train")
         eval_split = spec.eval_split or cls.eval_split
+        for split in (pretext_split, probe_split, eval_split):
+            check_split(spec.name, split, cls.splits)
         trained_on = set(pretext_split.split("+")) | set(probe_split.split("+"))
         overlap = trained_on & set(eval_split.split("+"))
         if overlap and not exp.allow_eval_on_train:
@@ -307,44 +320,40 @@ def _datasets(exp: Experiment) -> list[DatasetPlan]:
                 f"dataset {spec.name!r}: the evaluation split {eval_split!r} is also a training split (pretext "
                 f"{pretext_split!r}, probe {probe_split!r}); results would measure memorisation. Choose another "
                 "--eval-split, or pass --allow-eval-on-train to do it anyway (it is recorded)")
-        plan = DatasetPlan(spec.name, cls, spec.data_root, options, None, spec.subset, spec.probe_subset,
-                           spec.eval_subset,
-                           pretext_split, probe_split, eval_split, bool(overlap))
-        bad_image_option = "on_bad_image" in options and "on_bad_image" not in spec.options
+        plans.append(DatasetPlan(spec.name, cls, spec.data_root, options, None, spec.subset, spec.probe_subset,
+                                 spec.eval_subset, pretext_split, probe_split, eval_split, bool(overlap)))
+    return plans
+
+
+def _open_datasets(exp: Experiment, plans: list[DatasetPlan]) -> None:
+    """Open every split (each adapter checks its data root before it reads anything), then fingerprint them."""
+    from sslbench.datasets.fingerprint import data_fingerprint
+
+    for spec, plan in zip(exp.datasets, plans):
+        bad_image_option = "on_bad_image" in plan.options and "on_bad_image" not in spec.options
         probe_subset = spec.probe_subset if spec.probe_subset is not None else spec.subset
-        for role, split, subset in (("pretext", pretext_split, spec.subset), ("probe", probe_split, probe_subset),
-                                    ("eval", eval_split, spec.eval_subset)):
-            split_options = dict(options)
+        for role, split, subset in (("pretext", plan.pretext_split, spec.subset),
+                                    ("probe", plan.probe_split, probe_subset),
+                                    ("eval", plan.eval_split, spec.eval_subset)):
+            split_options = dict(plan.options)
             if bad_image_option:
                 # A broken file is skipped (listed and counted) in the training splits; in the evaluation split
                 # dropping it would change the benchmark, so it stops the run.
                 split_options["on_bad_image"] = "error" if role == "eval" else "skip"
-            plan.splits[role] = _open_split(spec, cls, split, subset, split_options)
-            plan.fingerprints[role] = data_fingerprint(plan.splits[role])
+            plan.splits[role] = _open_split(spec, split, subset, split_options)
         plan.image_size = plan.pretext_data.image_size
-        plans.append(plan)
-    return plans
+    for plan in plans:
+        for role in ("pretext", "probe", "eval"):
+            plan.fingerprints[role] = data_fingerprint(plan.splits[role])
 
 
-def _check_compatible(variants: list[VariantPlan], protocols: list[ProtocolPlan], datasets: list[DatasetPlan]
-                      ) -> None:
+def _check_compatible(variants: list[VariantPlan], protocols: list[ProtocolPlan], dataset: str,
+                      provides: Any) -> None:
     from sslbench.protocol import PRETEXT_ABILITIES
 
-    for dataset in datasets:
-        provides = set(getattr(dataset.probe_data, "provides", set()))
-        for protocol in protocols:
-            missing = set(protocol.cls.requires) - PRETEXT_ABILITIES - provides
-            if missing:
-                raise IncompatibleError(
-                    f"protocol {protocol.name!r} needs {', '.join(sorted(missing))}, which dataset {dataset.name!r} "
-                    f"does not provide (it provides: {', '.join(sorted(provides)) or 'images only'}); pick another "
-                    "dataset")
-        for variant in variants:
-            missing = set(variant.pretext_cls.requires) - provides
-            if missing:
-                raise IncompatibleError(f"pretext {variant.pretext!r} (variant {variant.name!r}) trains on "
-                                        f"{', '.join(sorted(missing))}, which dataset {dataset.name!r} does not "
-                                        "provide")
+    check_requirements([(p.name, p.cls.requires) for p in protocols],
+                       [(v.name, v.pretext, v.pretext_cls.requires) for v in variants],
+                       dataset, provides or (), PRETEXT_ABILITIES)
 
 
 def _run_config(exp: Experiment, dataset: DatasetPlan, encoder: EncoderPlan, variant: VariantPlan, seed: int
@@ -401,7 +410,12 @@ def resolve_plan(exp: Experiment, cache_dir: Path) -> RunPlan:
     protocols = _protocols(exp)
     encoders = _encoders(exp)
     datasets = _datasets(exp)
-    _check_compatible(variants, protocols, datasets)
+    for dataset in datasets:
+        _check_compatible(variants, protocols, dataset.name, getattr(dataset.cls, "provides", ()))
+    _open_datasets(exp, datasets)
+    for dataset in datasets:
+        # Joined splits keep only the keys every part carries (STL-10's unlabeled images have no label).
+        _check_compatible(variants, protocols, dataset.name, getattr(dataset.probe_data, "provides", ()))
     out = Path(exp.out)
     units = []
     # Seeds outermost: every variant has its first seed recorded before any has its last.

@@ -52,12 +52,24 @@ def _setting(text: str) -> tuple[str, str, str]:
     return owner, option, value
 
 
+#: Shown at the end of ``run --help``; a test runs each through the parser and the option checks.
+EXAMPLES = """examples:
+  sslbench run --pretext regression,quantized --protocol linear,knn --dry-run
+  sslbench run --pretext quantized --set quantized.rebalance=false --set linear.reduction=bilinear
+  sslbench run --dataset cifar10 --data-root ../shared/data/cifar10 --set encoder.width_mult=0.5
+  sslbench run --config exp.toml --seeds 0,1,2
+"""
+
+
 def add_parser(sub: Any) -> None:
     run = sub.add_parser(
         "run", help="train pretext variants (or reuse their checkpoints) and evaluate protocols",
         description="Train each pretext variant once per (dataset, encoder, seed, config), evaluate every protocol "
                     "on it, write one record per pair and print the comparison. Give the experiment as a TOML file "
-                    "(--config) or with flags.")
+                    "(--config) or with flags. Names, options and splits are checked before any work. Plugin "
+                    "names: sslbench list; each plugin's options with their types, defaults and help: sslbench list "
+                    "pretexts --options, or sslbench show NAME.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--config", type=Path, default=None, help="experiment file (TOML): datasets, encoders, seeds, "
                                                               "protocols and pretext variants")
     run.add_argument("--pretext", type=names_arg, default=None,
@@ -127,7 +139,8 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
                      metavar="OWNER.KEY=VALUE",
                      help="an option of every variant of a pretext (quantized.rebalance=false), of one variant, of "
-                          "a protocol (linear.reduction=bilinear), a dataset or the encoder (encoder.width_mult=0.5)")
+                          "a protocol (linear.reduction=bilinear), a dataset (synthetic.num_train=500) or the encoder "
+                          "(encoder.width_mult=0.5); the options: sslbench show NAME")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -231,6 +244,13 @@ class _Log:
 
 
 def main(args: argparse.Namespace) -> int:
+    from sslbench.options import check_experiment
+
+    # What the plugins' source says is checked before anything imports torch or opens a dataset, so a usage error
+    # returns at once; resolve_plan checks the rest (a Config's __post_init__, data roots) before opening data.
+    exp = experiment_from_args(args)
+    check_experiment(exp)
+
     from rich.console import Console
 
     from sslbench.checkpoints import atomic_write_bytes
@@ -239,7 +259,6 @@ def main(args: argparse.Namespace) -> int:
     from sslbench.progress import Progress
     from sslbench.runner import default_cache_dir, run
 
-    exp = experiment_from_args(args)
     plan = resolve_plan(exp, Path(exp.cache_dir or default_cache_dir()))
     console = Console(stderr=True)
     child = args.unit is not None
