@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from sslbench.errors import NonFiniteLossError, UsageError
 
@@ -58,6 +58,30 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+class _EpochOrder(Sampler[int]):
+    """The indices a one-epoch loader of ``(seed, epoch)`` visits, for a loader reused over epochs (``set_epoch``).
+
+    It replays the one-epoch loader's own shuffle (a DataLoader over the indices with the same seeded generator), so
+    the orders match however the DataLoader draws from its generator.
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool, epoch: int = 0) -> None:
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.n))
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        replay = DataLoader(range(self.n), batch_size=max(1, self.n), shuffle=True, generator=generator)
+        return iter(next(iter(replay)).tolist() if self.n else [])
 
 
 class Runtime:
@@ -162,17 +186,28 @@ class Runtime:
         return move_batch(batch, self.device, self.channels_last)
 
     def loader(self, dataset: Dataset, batch_size: int, *, shuffle: bool, seed: int, epoch: int = 0,
-               drop_last: bool = False) -> DataLoader:
+               drop_last: bool = False, repeat: bool = False) -> DataLoader:
         """A seeded loader: the order depends only on (seed, epoch).
 
         Under ``torchrun`` a shuffled (training) loader gives each process its shard; an unshuffled (evaluation)
-        loader gives every process the whole split, so metrics never depend on the number of processes.
+        loader gives every process the whole split, so metrics never depend on the number of processes. Batches are
+        in pinned memory on CUDA. A split read from the decoded-image cache is built or opened here, with the
+        loader's workers decoding, before any worker starts (see :mod:`sslbench.datasets.decoded_cache`).
+
+        ``repeat=True`` is for a caller that iterates one loader over several epochs: with workers, they persist
+        between epochs, and the caller calls ``loader.sampler.set_epoch(e)`` before iterating epoch ``e``, which
+        then gives exactly the batches of ``loader(..., epoch=e)`` (``epoch`` only sets the first epoch).
         """
-        sampler = None
+        from sslbench.datasets.decoded_cache import materialize_decoded
+
+        materialize_decoded(dataset, self.workers)
+        sampler: Any = None
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         if self.distributed and shuffle:
             sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
             sampler.set_epoch(epoch)
+        elif repeat:
+            sampler = _EpochOrder(len(dataset), seed, shuffle, epoch)  # type: ignore[arg-type]
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -183,7 +218,7 @@ class Runtime:
             pin_memory=self.device.type == "cuda",
             generator=generator,
             worker_init_fn=_seed_worker if self.workers else None,
-            persistent_workers=False,
+            persistent_workers=repeat and self.workers > 0,
         )
 
     def batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
