@@ -30,7 +30,7 @@ pretext **variants**; every table is optional except ``[variants]`` and ``[proto
     seeds = [0]                          # per-variant seeds override the experiment's
 
 Harness settings (``device``, ``precision``, ``channels_last``, ``compile``, ``workers``, ``out``, ``cache_dir``, ``checkpoint_every``,
-``allow_eval_on_train``) may stand at the top level; ``out`` and ``cache_dir`` are relative to the file. Command-line
+``allow_eval_on_train``, ``decoded_cache``) may stand at the top level; ``out`` and ``cache_dir`` are relative to the file. Command-line
 flags build the same structure (``--pretext quantized,regression`` are variants named after their pretexts), and
 ``--set OWNER.KEY=VALUE`` overrides an option of every variant of a pretext, of one variant, of a protocol, a dataset
 or the encoder. Nothing here checks plugin names or option values: :mod:`sslbench.plan` resolves and validates.
@@ -53,7 +53,7 @@ __all__ = ["Experiment", "DatasetSpec", "VariantSpec", "Budget", "load_experimen
 VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 DATASET_KEYS = {"data_root", "image_size", "subset", "probe_subset", "eval_subset", "pretext_split", "probe_split", "eval_split"}
 TOP_KEYS = {"name", "seeds", "device", "precision", "channels_last", "compile", "workers", "out", "cache_dir", "checkpoint_every",
-            "allow_eval_on_train", "budget", "datasets", "encoders", "protocols", "variants"}
+            "allow_eval_on_train", "decoded_cache", "budget", "datasets", "encoders", "protocols", "variants"}
 BUDGET_KEYS = {"epochs", "steps", "batch_size", "eval_epochs", "eval_batch_size"}
 
 
@@ -113,6 +113,8 @@ class Experiment:
     channels_last: bool = False
     compile: bool = False
     workers: int = 0
+    #: Read file-backed splits from decoded uint8 memmaps (``sslbench.datasets.decoded_cache``); same data, no hash.
+    decoded_cache: bool = True
     out: Path = Path("results/runs")
     cache_dir: Path | None = None
     checkpoint_every: int = 200
@@ -182,7 +184,7 @@ def load_experiment(path: str | Path) -> Experiment:
                 raise UsageError(f"{where}: {key} must be a {'non-negative' if key == 'workers' else 'positive'} "
                                  "integer")
             setattr(exp, key, raw[key])
-    for key in ("allow_eval_on_train", "channels_last", "compile"):
+    for key in ("allow_eval_on_train", "channels_last", "compile", "decoded_cache"):
         if key in raw:
             if not isinstance(raw[key], bool):
                 raise UsageError(f"{where}: {key} must be true or false")

@@ -347,6 +347,16 @@ def _open_datasets(exp: Experiment, plans: list[DatasetPlan]) -> None:
             plan.fingerprints[role] = data_fingerprint(plan.splits[role])
 
 
+def _use_decoded_cache(datasets: list[DatasetPlan], root: Path) -> None:
+    """Read each file-backed split through its decoded-image cache under ``root`` (built on first read; the items
+    are the same, so no hash changes)."""
+    from sslbench.datasets.decoded_cache import use_decoded_cache
+
+    for plan in datasets:
+        for role, split in plan.splits.items():
+            plan.splits[role] = use_decoded_cache(split, root, fingerprint=plan.fingerprints[role])
+
+
 def _check_compatible(variants: list[VariantPlan], protocols: list[ProtocolPlan], dataset: str,
                       provides: Any) -> None:
     from sslbench.protocol import PRETEXT_ABILITIES
@@ -413,6 +423,8 @@ def resolve_plan(exp: Experiment, cache_dir: Path) -> RunPlan:
     for dataset in datasets:
         _check_compatible(variants, protocols, dataset.name, getattr(dataset.cls, "provides", ()))
     _open_datasets(exp, datasets)
+    if exp.decoded_cache:
+        _use_decoded_cache(datasets, Path(cache_dir) / "decoded")
     for dataset in datasets:
         # Joined splits keep only the keys every part carries (STL-10's unlabeled images have no label).
         _check_compatible(variants, protocols, dataset.name, getattr(dataset.probe_data, "provides", ()))

@@ -91,6 +91,9 @@ def add_parser(sub: Any) -> None:
                                                             "experiment file's out)")
     run.add_argument("--cache-dir", type=Path, default=None,
                      help="checkpoint and feature cache (default: $SSLBENCH_CACHE or ~/.cache/sslbench)")
+    run.add_argument("--decoded-cache", choices=("on", "off"), default=None,
+                     help="read image-file datasets from decoded uint8 memmaps under CACHE_DIR/decoded, built once "
+                          "per split and image size (default: on; same data, same hashes)")
     run.add_argument("--force", action="store_true", help="redo everything the plan touches: clear its checkpoints "
                                                           "and feature caches, re-evaluate every record")
     run.add_argument("--dry-run", action="store_true", help="print the resolved plan (what will be trained, reused, "
@@ -183,6 +186,8 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
             variant.seeds = None
     if args.allow_eval_on_train:
         exp.allow_eval_on_train = True
+    if args.decoded_cache is not None:
+        exp.decoded_cache = args.decoded_cache == "on"
     apply_settings(exp, args.settings)
     return exp
 
