@@ -79,7 +79,9 @@ class CGANConfig:
     lr: float = 2e-4
     #: Adam learning rate of the discriminator; None: ``lr`` (pix2pix uses one rate for both).
     lr_d: float | None = None
+    #: Adam's beta1 for both networks (pix2pix: 0.5).
     beta1: float = 0.5
+    #: Adam's beta2 for both networks (pix2pix: 0.999).
     beta2: float = 0.999
     #: ab is divided by this to give the tanh target (pix2pix 110; Treneska et al. 128).
     ab_scale: float = float(AB_SCALE)

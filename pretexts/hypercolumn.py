@@ -78,14 +78,23 @@ __all__ = ["HypercolumnConfig", "Hypercolumn", "sample_points", "dense_points", 
 
 @dataclass
 class HypercolumnConfig:
+    #: Random pixels per image the hypercolumn is read at in training (the release: 128).
     num_points: int = 128
+    #: Pixels kept free of points along every edge.
     border: int = 2
+    #: Width of the MLP's hidden layer (the release: 1024).
     hidden: int = 256
+    #: Dropout after the hidden layer (the release: 0.5).
     dropout: float = 0.0
+    #: Bins of each of the hue and chroma histograms (the paper: 32).
     bins: int = 32
+    #: Side of the window the target histograms are taken over (1: the pixel; the release: 7).
     target_window: int = 1
+    #: Add the input L itself to the hypercolumn, as the release does.
     include_input: bool = True
+    #: Adam's learning rate.
     lr: float = 1e-3
+    #: Adam's weight decay.
     weight_decay: float = 0.0
     #: Pixels per chunk when ``colorize`` runs the head densely (bounds memory on large images).
     chunk_pixels: int = 16384

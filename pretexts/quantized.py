@@ -53,20 +53,37 @@ from sslbench.runtime import Runtime
 
 @dataclass
 class QuantizedConfig:
+    #: Where the ab bins come from: ``data`` (cells the training data occupies), ``gamut`` (the 261 in-gamut cells)
+    #: or ``files`` (Zhang's pts_in_hull.npy).
     bins: str = "data"
+    #: Side of an ab bin, in ab units (Zhang: 10).
     grid_size: int = 10
+    #: Zhang's pts_in_hull.npy for ``bins=files``; None: not used.
     pts_in_hull: str | None = None
+    #: Zhang's prior_probs.npy for ``bins=files``; None: the prior is counted from the data.
     prior_probs: str | None = None
+    #: Weight each pixel by the rebalanced inverse prior of its target bin; false: Zhang's "class" variant (uniform
+    #: weights).
     rebalance: bool = True
+    #: Weight of the uniform distribution mixed into the prior before inverting it (Zhang: 0.5).
     rebalance_lambda: float = 0.5
+    #: Gaussian smoothing (ab units) of the prior before rebalancing (Zhang: 5).
     rebalance_sigma: float = 5.0
+    #: Bins each target is soft-encoded onto (Zhang: 10).
     neighbours: int = 10
+    #: Width (ab units) of the soft-encoding Gaussian (Zhang: 5).
     sigma: float = 5.0
+    #: Images with no pixel whose |a| or |b| exceeds this are grayscale and left out of the loss.
     gray_threshold: float = 5.0
+    #: Annealed-mean temperature T of decoding (Zhang: 0.38); decoding only, not in the checkpoint hash.
     temperature: float = 0.38
+    #: The logits' stride relative to the input (Zhang: 4).
     output_stride: int = 4
+    #: Channels of the dense head's hidden layers.
     head_width: int = 128
+    #: Adam's learning rate (Zhang: 3e-5 over 450k iterations; higher for short budgets).
     lr: float = 1e-3
+    #: Adam's weight decay (Zhang: 1e-3).
     weight_decay: float = 1e-3
 
 

@@ -22,10 +22,15 @@ from sslbench.pretexts._heads import DenseHead, point_sample
 
 @dataclass
 class RegressionConfig:
+    #: ``l2`` (the paper's baseline), ``l1`` or ``huber``.
     loss: str = "l2"
+    #: Huber threshold in ab/110 units (``loss=huber`` only).
     huber_delta: float = 0.1
+    #: The predicted ab's stride relative to the input (the paper: 4).
     output_stride: int = 4
+    #: Adam's learning rate (the paper: 3e-5 over 450k iterations; higher for short budgets).
     lr: float = 1e-3
+    #: Adam's weight decay.
     weight_decay: float = 1e-3
 
 

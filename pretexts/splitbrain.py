@@ -60,21 +60,37 @@ from sslbench.runtime import Runtime
 class SplitBrainConfig:
     #: ``half``: each sub-network at half the encoder's width (the paper); ``full``: both at full width.
     halves: str = "half"
+    #: Where the ab bins of the L -> ab half come from: ``data``, ``gamut`` or ``files`` (as ``quantized``).
     bins: str = "data"
+    #: Side of an ab bin, in ab units (Zhang: 10).
     grid_size: int = 10
+    #: Zhang's pts_in_hull.npy for ``bins=files``; None: not used.
     pts_in_hull: str | None = None
+    #: Zhang's prior_probs.npy for ``bins=files``; None: the prior is counted from the data.
     prior_probs: str | None = None
+    #: Rebalance the ab classes by their inverse prior (Split-Brain: off).
     rebalance: bool = False
+    #: Weight of the uniform distribution mixed into the prior before inverting it.
     rebalance_lambda: float = 0.5
+    #: Gaussian smoothing (ab units) of the prior before rebalancing.
     rebalance_sigma: float = 5.0
+    #: Bins each ab target is soft-encoded onto.
     neighbours: int = 10
+    #: Width (ab units) of the soft-encoding Gaussian.
     sigma: float = 5.0
+    #: Images with no pixel whose |a| or |b| exceeds this are grayscale and left out of the ab loss.
     gray_threshold: float = 5.0
+    #: Equal bins of L on [0, 100] that the ab -> L half classifies into (hard targets).
     l_bins: int = 50
+    #: Annealed-mean temperature T of decoding ab; decoding only, not in the checkpoint hash.
     temperature: float = 0.38
+    #: The logits' stride relative to the input.
     output_stride: int = 4
+    #: Channels of each half's dense head.
     head_width: int = 64
+    #: Adam's learning rate.
     lr: float = 1e-3
+    #: Adam's weight decay.
     weight_decay: float = 1e-3
 
 

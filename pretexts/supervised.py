@@ -19,7 +19,9 @@ from sslbench.pretexts._heads import ClassifierHead
 
 @dataclass
 class SupervisedConfig:
+    #: Adam's learning rate.
     lr: float = 1e-3
+    #: Adam's weight decay.
     weight_decay: float = 1e-4
 
 

@@ -79,8 +79,11 @@ class JudgeConfig:
     judge_width_mult: float = 1.0
     #: Training of a harness-trained judge: epochs over the training split, Adam, cosine schedule.
     judge_epochs: float = 10.0
+    #: Adam learning rate of a harness-trained judge.
     judge_lr: float = 1e-3
+    #: Adam weight decay of a harness-trained judge.
     judge_weight_decay: float = 5e-4
+    #: Batch size of a harness-trained judge.
     judge_batch_size: int = 128
     #: Random horizontal flips and translations by up to 1/8 of the side (the usual CIFAR augmentation).
     judge_augment: bool = True

@@ -68,6 +68,7 @@ class FinetuneClsConfig:
     dropout: float = 0.5
     #: The deepest map is average-pooled to at most this many positions per side before flattening.
     pool_size: int = 4
+    #: Adam's weight decay in both phases.
     weight_decay: float = 0.0
     #: Training batch size; None uses the run's ``--eval-batch-size``.
     batch_size: int | None = None

@@ -75,6 +75,7 @@ class FinetuneSegConfig:
     epochs: float = 5.0
     #: Adam learning rate of the unfrozen phase.
     lr: float = 1e-4
+    #: Adam's weight decay in both phases.
     weight_decay: float = 0.0
     #: ``auto``: the pretext's own segmentation network when it offers one, else the decoder; ``decoder``: always
     #: the hypercolumn decoder on the representation.

@@ -54,13 +54,22 @@ VALIDATION_SEED_OFFSET = 7919
 
 @dataclass
 class LinearConfig:
+    #: How a tapped map becomes a vector: ``avg`` (average pooling, Goyal et al.), ``bilinear`` (Zhang's release) or
+    #: ``global``.
     reduction: str = "avg"
+    #: Feature size aimed at by ``avg`` / ``bilinear`` (the papers: about 9k).
     target_dims: int = 9000
+    #: Training epochs of each probe over the cached features; ``--eval-epochs`` overrides it.
     epochs: float = 30.0
+    #: Probe training batch size.
     batch_size: int = 256
+    #: SGD learning rate (x0.1 at 50% and 75% of training).
     lr: float = 0.05
+    #: SGD momentum.
     momentum: float = 0.9
+    #: SGD weight decay.
     weight_decay: float = 5e-4
+    #: Store the extracted features under the run's cache folder and reuse them.
     cache_features: bool = False
     #: Fraction of the training split held out (seeded by the run's seed) to choose the best layer on.
     val_fraction: float = 0.1
