@@ -35,7 +35,7 @@ from sslbench.colour import (
     soft_encode,
 )
 from sslbench.colour.bins import ABHistogram, ab_bins_from_files, ab_bins_from_gamut
-from sslbench.pretexts._heads import DenseHead, point_sample
+from sslbench.heads import DenseHead, point_sample
 from sslbench.runtime import Runtime
 
 __all__ = ["BIN_SOURCES", "initial_bins", "collect_histogram", "prior_on_bins", "ABClassifier",

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from sslbench.colour import AB_SCALE, normalize_l, rgb_to_lab
 from sslbench.pretext import DataInfo, EncoderSpec, Pretext, images_to_rgb, merge_l_ab
 from sslbench.registry import register_pretext
-from sslbench.pretexts._heads import DenseHead, point_sample
+from sslbench.heads import DenseHead, point_sample
 
 
 @dataclass

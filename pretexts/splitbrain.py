@@ -51,7 +51,7 @@ from sslbench.encoders.base import Encoder, Tap
 from sslbench.errors import UsageError
 from sslbench.pretext import DataInfo, EncoderSpec, Pretext, Representation, images_to_rgb, merge_l_ab
 from sslbench.pretexts._abbins import ABClassifier, hard_l_targets, initial_bins, prepare_bins
-from sslbench.pretexts._heads import DenseHead, point_sample
+from sslbench.heads import DenseHead, point_sample
 from sslbench.registry import register_pretext
 from sslbench.runtime import Runtime
 

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from sslbench.colour import normalize_l, rgb_to_lab
 from sslbench.pretext import DataInfo, EncoderSpec, Pretext, images_to_rgb
 from sslbench.registry import register_pretext
-from sslbench.pretexts._heads import ClassifierHead
+from sslbench.heads import ClassifierHead
 
 
 @dataclass
