@@ -27,6 +27,7 @@ COMMAND_MODULES: dict[str, str] = {
     "plot": "sslbench.plot_cli",
     "report": "sslbench.report_cli",
     "check-data": "sslbench.check_data",
+    "show": "sslbench.show_cli",
     "check": "sslbench.check_cli",
 }
 
@@ -58,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="list registered plugins", description="List registered plugins and where "
                                                                               "each comes from.")
     lst.add_argument("kind", nargs="?", choices=KINDS, help="one kind only")
-    lst.add_argument("--filter", default="*", help="wildcard filter on names, e.g. 'timm*'")
+    lst.add_argument("--filter", default="*", help="names containing this text (rot), or matching it as a "
+                                                   "wildcard pattern (timm*)")
+    lst.add_argument("--options", action="store_true", help="each plugin's options: type, default and help")
 
     table = sub.add_parser("table", help="aggregate run records into a table",
                            description="Turn run records into a Markdown, LaTeX or CSV table: one row per variant, "
@@ -90,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from sslbench.options import describe, format_options
     from sslbench.registry import REGISTRIES
 
     for kind in [args.kind] if args.kind else KINDS:
@@ -101,6 +105,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
             origin = "" if entry.origin == "built-in" else f"  [{entry.origin}{version}]"
             summary = f"  {entry.summary}" if entry.summary else ""
             print(f"  {registry.reference(entry):<16}{summary}{origin}")
+            if args.options:
+                print("\n".join(format_options(describe(kind[:-1], registry.reference(entry)))))
         for module, why in registry.unreadable.items():
             print(f"  [could not read {module}: {why}]", file=sys.stderr)
         for clash in registry.clashes():

@@ -178,9 +178,9 @@ def unknown_option(owner: str, key: str, valid: list[str] | tuple[str, ...], sho
 
     near = closest(key, valid)
     hint = f" Did you mean {near!r}?" if near else ""
-    where = f" (types, defaults and help: sslbench show {show})" if show else ""
-    return UsageError(f"{owner} has no option {key!r}.{hint} Valid options: {', '.join(sorted(valid)) or '(none)'}"
-                      f"{where}")
+    where = f" Types, defaults and help: sslbench show {show}" if show else ""
+    return UsageError(f"{owner} has no option {key!r}; valid options: {', '.join(sorted(valid)) or '(none)'}."
+                      f"{hint}{where}")
 
 
 def resolve_options(config_cls: type, options: dict[str, Any], owner: str, show: str | None = None) -> Any:

@@ -337,11 +337,12 @@ class Registry(Generic[T]):
         return entry.name if self._entries.get(entry.name) is entry else entry.qualified_name
 
     def entries(self, pattern: str | Iterable[str] = "*") -> list[PluginEntry]:
-        """Every reachable plugin whose bare, qualified or reference name matches any of the wildcard
-        ``pattern``\\ s, naturally sorted (built-ins first among plugins of one name)."""
+        """Every reachable plugin whose bare or qualified name matches any of the ``pattern``\\ s, naturally sorted
+        (built-ins first among plugins of one name). A pattern with a wildcard (``*``, ``?``, ``[``) is matched as a
+        glob (``timm*``), any other as a substring (``rot`` finds ``rotation``)."""
         patterns = [pattern] if isinstance(pattern, str) else list(pattern)
         found = [e for e in self._reachable()
-                 if any(fnmatch.fnmatchcase(n, p) for p in patterns for n in (e.name, e.qualified_name))]
+                 if any(_matches(n, p) for p in patterns for n in (e.name, e.qualified_name))]
         return sorted(found, key=lambda e: (natural_key(e.name), e.origin != "built-in", e.qualified_name))
 
     def names(self, pattern: str | Iterable[str] = "*") -> list[str]:
@@ -442,6 +443,12 @@ class Registry(Generic[T]):
         except AmbiguousPluginError:
             return True
         return True
+
+
+def _matches(name: str, pattern: str) -> bool:
+    if any(char in pattern for char in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
 
 
 def _owner(name: str, module: str, entries: list[PluginEntry]) -> PluginEntry | None:
