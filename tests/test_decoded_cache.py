@@ -27,6 +27,7 @@ from sslbench.datasets import create_dataset
 from sslbench.datasets.augment import DeviceAugment, augment_generator, augment_on_device
 from sslbench.datasets.bad_images import BadImageWarning
 from sslbench.datasets.decoded_cache import DecodedSplit, cache_key, is_cacheable, use_decoded_cache
+from sslbench.datasets.fingerprint import data_fingerprint
 from sslbench.errors import DataError
 from sslbench.runtime import Runtime
 
@@ -83,6 +84,7 @@ def test_cifar10_cached_items_equal_pil_items(cifar_root, tmp_path):
         assert_same_item(cached[i], pil[i], f"item {i}")
     assert_same_item(cached[-1], pil[-1])
     assert cached.describe() == pil.describe() and cached.class_names == pil.class_names
+    assert data_fingerprint(cached) == data_fingerprint(pil)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["schema"]["image"]["shape"] == [32, 32, 3] and meta["schema"]["label"]["kind"] == "int"
     images = np.load(folder / "image-00000.npy", mmap_mode="r")
@@ -280,10 +282,10 @@ def test_run_with_and_without_the_cache_trains_the_same_weights_under_the_same_h
               "--subset", "96", "--eval-subset", "64", "--steps", "3", "--batch-size", "32", "--device", "cpu",
               "--quiet"]
     results = {}
-    for mode in ("on", "off"):
+    for mode, workers in (("on", "2"), ("off", "0")):  # the cache read by two loader workers, PIL by none
         cache = tmp_path / f"cache-{mode}"
-        done = _run([*common, "--decoded-cache", mode, "--out", str(tmp_path / f"runs-{mode}"), "--cache-dir",
-                     str(cache)], tmp_path)
+        done = _run([*common, "--decoded-cache", mode, "--workers", workers, "--out", str(tmp_path / f"runs-{mode}"),
+                     "--cache-dir", str(cache)], tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
         (record_path,) = (tmp_path / f"runs-{mode}").rglob("*__seed*.json")
         record = json.loads(record_path.read_text())

@@ -10,7 +10,9 @@ Adapters return images already at their ``image_size``:
 Images are resized with PIL's antialiased bilinear filter, masks with nearest neighbour (so a mask only ever holds
 values that were in the original), and both are cropped by the same box, so pixel ``(i, j)`` of the image and of the
 mask stay aligned. An image already at the requested size is returned untouched (its pixels are exact). Nothing
-here is random: augmentation belongs to the pretexts and protocols, not to the adapters.
+here is random: training augmentation (random crop and flip) runs on the device after batching
+(:mod:`sslbench.datasets.augment`), so the decoded-image cache (:mod:`sslbench.datasets.decoded_cache`) holds these
+deterministic images.
 
 The module also holds the split check and the image-extension filter that every adapter uses.
 """
