@@ -16,11 +16,11 @@ Choices and departures:
 - Features: VISSL takes the globally average-pooled trunk output; sslbench does the same for every tap by default
   (``reduction="global"``, one value per channel). ``reduction="avg"`` or ``"bilinear"`` keeps a small spatial grid
   of about ``target_dims`` dimensions instead, the reduction of the ``linear`` protocol (Goyal et al. / Zhang's
-  release), through the same :func:`sslbench.features.extract_features` (so the frozen encoder runs in eval mode
+  release), through the same shared :class:`sslbench.features.FeatureStore` (so the frozen encoder runs in eval mode
   and features are stored in float16, cached per checkpoint when ``cache_features`` is on).
 - Layer selection: the papers' tables pick the best layer on the evaluation split they report, which biases
   best-layer numbers upwards. sslbench holds out the seeded ``val_fraction`` of the training split that ``linear``
-  holds out (:func:`sslbench.protocols.linear.validation_split`), scores each tap's kNN on it with the rest of the
+  holds out (:func:`sslbench.protocol.validation_split`), scores each tap's kNN on it with the rest of the
   training split as the memory bank, and picks the layer there. The evaluation-split top-1 then uses the whole
   training split without augmentation as the memory bank, as in the papers (a kNN classifier has nothing to fit, so
   using the held-out images as neighbours after the choice leaks nothing about the evaluation split), so
@@ -31,16 +31,13 @@ Choices and departures:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Sequence
 
-from sslbench.features import REDUCTIONS, extract_features
+import torch
+
 from sslbench.metrics import knn_classify
-from sslbench.pretext import Pretext
-from sslbench.progress import Progress
-from sslbench.protocol import EvalData, PerImage, Protocol
-from sslbench.protocols.linear import choose_best, correct_values, validation_split
+from sslbench.protocol import PerLayerProbe, TapContext
 from sslbench.registry import register_protocol
-from sslbench.runtime import Runtime
 
 
 @dataclass
@@ -62,39 +59,22 @@ class KNNConfig:
 
 
 @register_protocol("knn")
-class KNNProtocol(Protocol):
+class KNNProtocol(PerLayerProbe):
     """Frozen encoder, weighted kNN (k = 200, cosine, T = 0.1) per tapped layer: top-1 per layer and of the
     validation-chosen layer."""
 
-    requires = frozenset({"label"})
     Config = KNNConfig
-    headline = "best/top1"
+    option_prefix = "knn"
+    refit_for_test = True  # the evaluation split's memory bank is the whole training split
 
-    def evaluate(self, pretext: Pretext, data: EvalData, runtime: Runtime, progress: Progress) -> dict[str, Any]:
+    def check_config(self) -> None:
+        super().check_config()
         cfg: KNNConfig = self.config
-        if cfg.reduction not in REDUCTIONS:
-            raise ValueError(f"knn.reduction={cfg.reduction!r}: choose one of {', '.join(REDUCTIONS)}")
         if cfg.k < 1 or cfg.temperature <= 0:
             raise ValueError(f"knn needs k >= 1 and temperature > 0, got k={cfg.k}, temperature={cfg.temperature}")
-        representation = pretext.representation().to(runtime.device).eval()
-        common = dict(batch_size=data.batch_size, reduction=cfg.reduction, target_dims=cfg.target_dims,
-                      progress=progress, cache_dir=data.cache_dir if cfg.cache_features else None)
-        train_x, train_y = extract_features(representation, data.train, runtime, split="train", **common)
-        test_x, test_y = extract_features(representation, data.test, runtime, split="test", **common)
-        if train_y is None or test_y is None:
-            raise ValueError("knn needs a 'label' for every image of both splits")
-        fit, val = (part.to(train_y.device) for part in
-                    validation_split(len(train_y), cfg.val_fraction, data.seed, option="knn.val_fraction"))
-        metrics: dict[str, Any] = {"train/val_images": len(val)}
-        taps = [tap.name for tap in representation.taps]
-        options = dict(num_classes=data.train.num_classes, k=cfg.k, temperature=cfg.temperature)
-        for tap in progress.track(taps, "knn"):
-            features = train_x[tap]
-            val_scores = knn_classify(features[fit], train_y[fit], features[val], **options)
-            test_values = correct_values(knn_classify(features, train_y, test_x[tap], **options), test_y)
-            metrics[f"layer/{tap}/top1"] = float(test_values.mean())
-            metrics[f"layer/{tap}/val_top1"] = float(correct_values(val_scores, train_y[val]).mean())
-            metrics[f"layer/{tap}/dims"] = int(features.shape[1])
-            self.per_image[f"layer/{tap}/top1"] = PerImage("mean", {"values": test_values})
-        choose_best(metrics, taps, self.per_image)
-        return metrics
+
+    def score(self, train_x: torch.Tensor, train_y: torch.Tensor, queries: Sequence[torch.Tensor],
+              num_classes: int, context: TapContext) -> list[torch.Tensor]:
+        cfg: KNNConfig = self.config
+        return [knn_classify(train_x, train_y, query, num_classes=num_classes, k=cfg.k, temperature=cfg.temperature)
+                for query in queries]

@@ -30,27 +30,21 @@ Departures from the papers, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sslbench.errors import NonFiniteLossError, UsageError
-from sslbench.features import extract_features
-from sslbench.pretext import Pretext
-from sslbench.progress import Progress
-from sslbench.protocol import EvalData, PerImage, Protocol
+from sslbench.errors import UsageError
+from sslbench.protocol import (PerLayerProbe, TapContext, check_finite, choose_best, correct_values,
+                               validation_split)
 from sslbench.registry import register_protocol
 from sslbench.runtime import Runtime
 
+# validation_split, correct_values, check_finite and choose_best live in sslbench.protocol; still importable here.
 __all__ = ["LinearConfig", "LinearProbe", "train_linear_probe", "validation_split", "correct_values",
            "check_finite", "choose_best"]
-
-#: Added to the run's seed for the validation split, so it is not the same stream as the probe's batch order.
-VALIDATION_SEED_OFFSET = 7919
-
 
 @dataclass
 class LinearConfig:
@@ -73,49 +67,6 @@ class LinearConfig:
     cache_features: bool = False
     #: Fraction of the training split held out (seeded by the run's seed) to choose the best layer on.
     val_fraction: float = 0.1
-
-
-def validation_split(size: int, fraction: float, seed: int, option: str = "linear.val_fraction"
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(fit, validation)``: sorted, disjoint index tensors covering ``range(size)``; validation holds
-    ``round(fraction · size)`` of them, at least 1 and at most ``size - 1``, drawn with a generator seeded by
-    ``seed`` (so every tap and every pretext of a seed uses the same split)."""
-    if not 0.0 < fraction < 1.0:
-        raise UsageError(f"{option}={fraction}: give a fraction strictly between 0 and 1 (0.1 holds out 10% of the "
-                         "training split to choose the best layer on)")
-    if size < 2:
-        raise UsageError(f"{option}: the training split has {size} image(s); holding out a validation part needs "
-                         "at least 2 (use a larger --subset)")
-    held_out = min(size - 1, max(1, round(fraction * size)))
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed + VALIDATION_SEED_OFFSET))
-    return order[held_out:].sort().values, order[:held_out].sort().values
-
-
-def correct_values(scores: torch.Tensor, targets: torch.Tensor) -> np.ndarray:
-    """Per-sample top-1 as 100·correct (float64, on the CPU): the mean is the top-1 in %. Ties go to the lowest
-    class (``argmax``), as :func:`sslbench.metrics.top1_accuracy`."""
-    return 100.0 * (scores.argmax(dim=1) == targets.to(scores.device)).cpu().numpy().astype(np.float64)
-
-
-def check_finite(what: str, module: nn.Module | None = None, outputs: torch.Tensor | None = None,
-                 hint: str = "") -> None:
-    """Raise :class:`NonFiniteLossError` when a parameter or buffer of ``module``, or ``outputs``, is NaN/infinite."""
-    bad = [] if module is None else [name for name, value in module.state_dict().items()
-                                     if value.is_floating_point() and not bool(torch.isfinite(value).all())]
-    if outputs is not None and not bool(torch.isfinite(outputs).all()):
-        bad.append("its outputs")
-    if bad:
-        raise NonFiniteLossError(f"{what}: {', '.join(bad)} not finite{'; ' + hint if hint else ''}")
-
-
-def choose_best(metrics: dict[str, Any], taps: list[str], per_image: dict[str, PerImage]) -> None:
-    """Add ``best/layer``, ``best/top1``, ``best/val_top1`` (and ``best/top1``'s per-image values): the tap with the
-    highest ``layer/<tap>/val_top1``, the earlier tap on ties."""
-    best = max(taps, key=lambda tap: metrics[f"layer/{tap}/val_top1"])
-    metrics["best/top1"] = metrics[f"layer/{best}/top1"]
-    metrics["best/val_top1"] = metrics[f"layer/{best}/val_top1"]
-    metrics["best/layer"] = best
-    per_image["best/top1"] = per_image[f"layer/{best}/top1"]
 
 
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, config: LinearConfig,
@@ -162,38 +113,19 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
 
 
 @register_protocol("linear")
-class LinearProbe(Protocol):
+class LinearProbe(PerLayerProbe):
     """Frozen encoder, linear classifier per tapped layer: top-1 per layer and of the validation-chosen layer."""
 
-    requires = frozenset({"label"})
     Config = LinearConfig
-    headline = "best/top1"
+    option_prefix = "linear"
 
-    def evaluate(self, pretext: Pretext, data: EvalData, runtime: Runtime, progress: Progress) -> dict[str, Any]:
+    def score(self, train_x: torch.Tensor, train_y: torch.Tensor, queries: Sequence[torch.Tensor],
+              num_classes: int, context: TapContext) -> list[torch.Tensor]:
         cfg: LinearConfig = self.config
-        representation = pretext.representation().to(runtime.device).eval()
-        cache = data.cache_dir if cfg.cache_features else None
-        common = dict(batch_size=data.batch_size, reduction=cfg.reduction, target_dims=cfg.target_dims,
-                      progress=progress, cache_dir=cache)
-        train_x, train_y = extract_features(representation, data.train, runtime, split="train", **common)
-        test_x, test_y = extract_features(representation, data.test, runtime, split="test", **common)
-        if train_y is None or test_y is None:
-            raise ValueError("linear needs a 'label' for every image of both splits")
-        fit, val = (part.to(train_y.device) for part in validation_split(len(train_y), cfg.val_fraction, data.seed))
-        metrics: dict[str, Any] = {"train/probe_images": len(fit), "train/val_images": len(val)}
-        taps = [tap.name for tap in representation.taps]
-        for tap in progress.track(taps, "linear probes"):
-            features = train_x[tap]
-            probe = train_linear_probe(features[fit], train_y[fit], data.train.num_classes, cfg, data.seed,
-                                       runtime=runtime, tap=tap)
-            with torch.no_grad(), runtime.autocast():
-                val_logits, test_logits = probe(features[val]).float(), probe(test_x[tap]).float()
-            check_finite(f"linear probe on {tap}", outputs=torch.cat([val_logits, test_logits]),
-                         hint=f"lower linear.lr (now {cfg.lr:g})")
-            test_values = correct_values(test_logits, test_y)
-            metrics[f"layer/{tap}/top1"] = float(test_values.mean())
-            metrics[f"layer/{tap}/val_top1"] = float(correct_values(val_logits, train_y[val]).mean())
-            metrics[f"layer/{tap}/dims"] = int(features.shape[1])
-            self.per_image[f"layer/{tap}/top1"] = PerImage("mean", {"values": test_values})
-        choose_best(metrics, taps, self.per_image)
-        return metrics
+        probe = train_linear_probe(train_x, train_y, num_classes, cfg, context.seed, runtime=context.runtime,
+                                   tap=context.tap)
+        with torch.no_grad(), context.runtime.autocast():
+            logits = [probe(query).float() for query in queries]
+        check_finite(f"linear probe on {context.tap}", outputs=torch.cat(logits),
+                     hint=f"lower linear.lr (now {cfg.lr:g})")
+        return logits

@@ -24,7 +24,7 @@ from sslbench.config import EmptyConfig
 from sslbench.encoders.base import Encoder, Tap
 from sslbench.runtime import Runtime
 
-__all__ = ["DataInfo", "EncoderSpec", "Pretext", "Representation", "LRepresentation", "images_to_rgb"]
+__all__ = ["DataInfo", "EncoderSpec", "Pretext", "Representation", "LRepresentation", "images_to_rgb", "merge_l_ab"]
 
 
 @dataclass(frozen=True)

@@ -196,6 +196,7 @@ def _remove_orphans(plan: RunPlan) -> None:
 def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outcome: RunOutcome, *, force: bool,
               wait: bool, progress: Any, on_record: RecordHook | None, say: Callable[[str], None]) -> None:
     from sslbench.locks import CheckpointLock
+    from sslbench.protocol import shared_features
     from sslbench.runtime import seed_everything
     from sslbench.trainer import load_trained, train_pretext
 
@@ -270,6 +271,8 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
             writer.write(evaluation, "failed", reason=f"pretext training failed: {exc}")
         return
 
+    # One pass of the encoder per split serves every per-layer probe of this checkpoint.
+    features = shared_features([(e.protocol.cls, e.protocol.config) for e in pending], features_dir(plan, unit))
     for evaluation in pending:
         protocol_plan = evaluation.protocol
         if "colorize" in protocol_plan.cls.requires and not pretext.can_colorize:
@@ -277,7 +280,7 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
             continue
         seed_everything(unit.seed)
         protocol = protocol_plan.cls(protocol_plan.config)
-        data = _eval_data(plan, unit)
+        data = _eval_data(plan, unit, features)
         pretext.eval()
         start = time.perf_counter()
         try:
@@ -291,12 +294,12 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
                      timings={"eval_s": time.perf_counter() - start}, per_image=protocol.per_image)
 
 
-def _eval_data(plan: RunPlan, unit: Unit) -> Any:
+def _eval_data(plan: RunPlan, unit: Unit, features: Any = None) -> Any:
     from sslbench.protocol import EvalData
 
     return EvalData(train=unit.dataset.probe_data, test=unit.dataset.eval_data,
                     batch_size=plan.experiment.budget.eval_batch_size, seed=unit.seed,
-                    cache_dir=str(features_dir(plan, unit)))
+                    cache_dir=str(features_dir(plan, unit)), features=features)
 
 
 def non_finite_metrics(metrics: dict[str, Any]) -> list[str]:
