@@ -131,7 +131,9 @@ def test_skipped_bad_images_give_the_same_items_as_pil(tmp_path, cifar_root):
     reference = uncached_items(pil)
     dataset = create_dataset("imagefolder", root=root, image_size=32, on_bad_image="skip")
     cached = use_decoded_cache(dataset, tmp_path / "decoded")
-    cached.materialize(workers=2)
+    with pytest.warns(BadImageWarning, match="left out") as warned:
+        cached.materialize(workers=2)
+    assert len(warned) == 3
     assert len(cached) == len(pil) == 6
     for i, item in enumerate(reference):
         assert_same_item(cached[i], item, f"item {i}")
@@ -139,7 +141,12 @@ def test_skipped_bad_images_give_the_same_items_as_pil(tmp_path, cifar_root):
     # A second process-like open (a fresh adapter) reports them too, from the cache's metadata.
     again = use_decoded_cache(create_dataset("imagefolder", root=root, image_size=32, on_bad_image="skip"),
                               tmp_path / "decoded")
-    assert again.materialize() == cached.folder and len(again.bad_images) == 3
+    with pytest.warns(BadImageWarning):
+        assert again.materialize() == cached.folder and len(again.bad_images) == 3
+    # A scan that drops the bad items changes the index: the next read uses the cache of the scanned split.
+    again.scan()
+    assert len(again) == 3 and again.materialize() != cached.folder
+    assert_same_item(again[0], reference[1])
 
 
 def test_error_mode_names_every_bad_file_and_leaves_no_cache(tmp_path, cifar_root):

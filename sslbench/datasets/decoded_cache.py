@@ -443,10 +443,12 @@ class DecodedSplit(Dataset):
                     _build(self.dataset, self._folder, self._key_fields, workers)
             finally:
                 lock.release()
-        self._open()
+        self._open(announce=True)
         return self._folder
 
-    def _open(self) -> None:
+    def _open(self, announce: bool = False) -> None:
+        """Map the complete cache folder; record its bad files in the adapter (and, with ``announce``, warn of each
+        one left out, as the uncached split does when it meets them)."""
         assert self._folder is not None
         try:
             meta = json.loads((self._folder / _META).read_text())
@@ -457,17 +459,20 @@ class DecodedSplit(Dataset):
         if meta.get("items") != len(self.dataset) or len(redirect) != len(self.dataset):
             raise DataError(f"decoded-image cache {self._folder} holds {meta.get('items')} items, the split "
                             f"{len(self.dataset)}; delete the folder and rerun")
-        for b in meta.get("bad_images", []):
-            self.dataset._record(BadImage(**b))
+        for fields in meta.get("bad_images", []):
+            b = BadImage(**fields)
+            self.dataset._record(b)
+            if announce:
+                warnings.warn(f"left out {b.path} ({b.kind}: {b.reason})", BadImageWarning, stacklevel=3)
         self._redirect = redirect
         self._shards = _Shards(self._folder, meta["schema"], meta["items"], meta["per_shard"])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self._shards is None or self._redirect is None:
+        if self._shards is None or self._redirect is None or self._shards.n != len(self.dataset):
             if self._folder is not None and (self._folder / _META).is_file() and self._items == len(self.dataset):
                 self._open()  # a worker process, or after unpickling: reopen, never rebuild
             else:
-                self.materialize()
+                self.materialize()  # first read without a loader, or the adapter's index changed (a scan)
         assert self._shards is not None and self._redirect is not None
         n = len(self._redirect)
         if not -n <= index < n:
