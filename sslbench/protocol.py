@@ -227,7 +227,8 @@ class PerLayerProbe(Protocol):
     def check_config(self) -> None:
         """Refuse options that cannot work, before any feature is extracted (subclasses add their own checks); the
         plan calls it too, so a bad option is a usage error before any work."""
-        validation_split(2, self.config.val_fraction, 0, option=f"{self._prefix()}.val_fraction")  # the fraction
+        # The fraction alone, checked by the code that will use it (two images can always be split).
+        validation_split(2, self.config.val_fraction, 0, option=f"{self._prefix()}.val_fraction")
         if self.config.reduction not in REDUCTIONS:
             raise ValueError(f"{self._prefix()}.reduction={self.config.reduction!r}: choose one of "
                              f"{', '.join(REDUCTIONS)}")
