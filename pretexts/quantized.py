@@ -23,7 +23,7 @@ Where sslbench departs, and why:
   data) to replicate exactly. Bins, prior and class weights are saved in the checkpoint (``get_extra_state``), so a
   data-dependent Q reloads into a fresh instance.
 * **Network.** The registered encoder (``vgg_small`` on CPU, ``vgg16_bn``/``alexnet_bn`` to approach the paper's
-  VGG-style net) replaces the paper's 8-block network; its deepest tap feeds :class:`~sslbench.pretexts._heads.DenseHead`
+  VGG-style net) replaces the paper's 8-block network; its deepest tap feeds :class:`~sslbench.heads.DenseHead`
   (conv-BN-ReLU, bilinear resize to 1/4 of the input, conv-BN-ReLU, 1×1 to Q), standing in for the paper's
   block 8 (which upsamples its stride-8 map ×2 to stride 4).
 * **Learning rate.** The paper trains ~450k iterations at lr 3e-5; sslbench's budgets are a few thousand steps at most,

@@ -31,7 +31,7 @@ Where sslbench departs, and why:
   at the encoder's full width, an explicit (and recorded) departure whose representation is twice the encoder's
   width — or choose a narrower timm variant to match the paper's budget.
 * **Network and schedule.** The registered encoder replaces the paper's AlexNet; each half's deepest tap feeds a
-  :class:`~sslbench.pretexts._heads.DenseHead` predicting at 1/4 of the input (as Zhang 2016's network), targets are
+  :class:`~sslbench.heads.DenseHead` predicting at 1/4 of the input (as Zhang 2016's network), targets are
   point-sampled to that size. Adam (β = (0.9, 0.99), weight decay 1e-3) at lr 1e-3 for short budgets.
 
 ``colorize`` uses the L → ab half with the annealed mean (T = 0.38) and the in-gamut merge every colorizer uses (``merge_l_ab``).

@@ -1,4 +1,5 @@
-"""The ``sslbench`` command line: ``run``, ``list`` and ``table``.
+"""The ``sslbench`` command line: ``list`` and ``table`` here, every other command in its own module
+(:data:`COMMAND_MODULES`: ``run``, ``show``, ``check``, ``colorize``, ``plot``, ``report``, ``check-data``).
 
 Exit codes: 0 success, 2 usage error (bad option, unknown name, missing data), 1 run failure (a failed protocol or
 pretext, a NaN loss). ``--help`` and ``list`` never import torch; ``run`` imports what it uses.

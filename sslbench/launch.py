@@ -41,7 +41,7 @@ def child_argv(argv: Sequence[str], unit: int) -> list[str]:
             skip = 0 if "=" in arg else LAUNCHER_OPTIONS[name]
             continue
         out.append(arg)
-    return [*out, "--unit", str(unit), "--quiet"]
+    return [*out, "--unit", str(unit), *([] if "--quiet" in out else ["--quiet"])]
 
 
 def job_argv(argv: Sequence[str], unit: int) -> list[str]:

@@ -1,7 +1,8 @@
 """The encoder contract every pretext and protocol relies on.
 
-An encoder is an ``nn.Module`` whose input is the normalised L channel, ``colour.normalize_l(L)`` of shape
-(N, in_chans, H, W) (in_chans is 1 except for the ab half of split-brain), and whose ``forward`` returns the list of
+An encoder is an ``nn.Module`` whose input is (N, in_chans, H, W): for the colour pretexts and ``supervised`` the
+normalised L channel, ``colour.normalize_l(L)`` (in_chans 1; 2 for the ab half of split-brain), for the non-colour
+references (``rotation``, ``jigsaw``) RGB scaled to [-1, 1] (in_chans 3); the pretext that builds it chooses. Its ``forward`` returns the list of
 tapped feature maps, shallow to deep. ``taps`` describes them (name, channels, stride relative to the input), like
 timm's ``feature_info``; :func:`check_taps` verifies the description against a real forward pass.
 """
