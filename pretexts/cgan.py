@@ -309,7 +309,7 @@ class CGAN(Pretext):
         self.__dict__["train_generator"] = runtime.wrap(self.generator)
         self.__dict__["train_discriminator"] = runtime.wrap(self.discriminator)
 
-    def training_step(self, batch: dict[str, torch.Tensor], runtime: Runtime) -> dict[str, float]:
+    def training_step(self, batch: dict[str, torch.Tensor], runtime: Runtime) -> dict[str, torch.Tensor]:
         """One discriminator step, then one generator step, on the same generated ab."""
         lab = rgb_to_lab(images_to_rgb(batch["image"]))
         cond = normalize_l(lab[:, :1])
@@ -335,13 +335,13 @@ class CGAN(Pretext):
         runtime.backward(loss_g, name="generator loss")
         runtime.step(opt_g)
 
-        return {
-            "loss_G": float(loss_g.detach()),
-            "loss_D": float(loss_d.detach()),
-            "loss_G_gan": float(loss_gan.detach()),
-            "loss_G_l1": float(loss_l1.detach()),
-            "D_real": float(torch.sigmoid(real_logits.detach().float()).mean()),
-            "D_fake": float(torch.sigmoid(fake_logits.detach().float()).mean()),
+        return {  # on the device: the training loop reads them every few steps, not each step
+            "loss_G": loss_g.detach(),
+            "loss_D": loss_d.detach(),
+            "loss_G_gan": loss_gan.detach(),
+            "loss_G_l1": loss_l1.detach(),
+            "D_real": torch.sigmoid(real_logits.detach().float()).mean(),
+            "D_fake": torch.sigmoid(fake_logits.detach().float()).mean(),
         }
 
     # -- what protocols use ----------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ trained at a lower learning rate (phase ``unfrozen``). Keras freezes a layer wit
 runs its batch norm in inference mode, so the frozen part here has ``requires_grad = False`` and is kept in eval
 mode (batch norm uses its running statistics and they are not updated). Each phase gets a fresh Adam optimiser, as
 re-compiling a Keras model does. Epochs may be fractional (``--eval-epochs 0.5``): a phase runs
-``round(epochs × batches per epoch)`` steps. Every step goes through the :class:`~sslbench.runtime.Runtime`
-(autocast, finite-loss check and scaled backward, step, end of step), so mixed precision and DDP apply unchanged;
+``round(epochs × batches per epoch)`` steps. Every phase runs the one training loop, :func:`sslbench.fit.fit`, through
+the :class:`~sslbench.runtime.Runtime` (autocast, finite-loss check and scaled backward, step, end of step), so mixed
+precision and DDP apply unchanged;
 a NaN or infinite loss stops the protocol with :class:`~sslbench.errors.NonFiniteLossError` naming the protocol, the
 phase and the step, and so do weights that end a phase non-finite (a last step can break them after the last loss).
 
@@ -27,10 +28,10 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from sslbench.encoders.base import Tap
-from sslbench.errors import NonFiniteLossError, UsageError
+from sslbench.fit import fit
 from sslbench.progress import Progress
 from sslbench.runtime import Runtime
 
@@ -96,12 +97,6 @@ def _set_phase_modes(model: nn.Module, head: nn.Module | None) -> None:
     head.train()
 
 
-def _non_finite_weights(model: nn.Module) -> list[str]:
-    """Names of the floating-point parameters and buffers of ``model`` holding a NaN or an infinity."""
-    return [name for name, value in model.state_dict().items()
-            if value.is_floating_point() and not bool(torch.isfinite(value).all())]
-
-
 def run_phase(model: nn.Module, *, name: str, head: nn.Module | None, epochs: float, lr: float,
               weight_decay: float, dataset: Dataset, batch_size: int, loss_fn: LossFn, runtime: Runtime,
               progress: Progress, seed: int, first_epoch: int = 0, protocol: str = "fine-tuning",
@@ -131,39 +126,24 @@ def run_phase(model: nn.Module, *, name: str, head: nn.Module | None, epochs: fl
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     train_model = runtime.wrap(model)
     drop_last = len(dataset) > batch_size
-    loader = runtime.loader(dataset, batch_size, shuffle=True, seed=seed, epoch=first_epoch, drop_last=drop_last)
-    total = max(1, round(epochs * len(loader)))
-    epoch = first_epoch
-    with progress.task(f"fine-tune ({name})", total) as bar:
-        while result.steps < total:
-            _set_phase_modes(model, head)
-            if epoch != first_epoch:
-                loader = runtime.loader(dataset, batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                        drop_last=drop_last)
-            losses: list[float] = []
-            for batch in runtime.batches(loader):
-                if batch["image"].shape[0] < 2:
-                    continue
-                with runtime.autocast():
-                    loss = loss_fn(train_model, batch)
-                runtime.optimise(loss, optimizer, where=f"{where}: loss at step {result.steps + 1} of {total}",
-                                 hint=f"lower {lr_option} (now {lr:g})")
-                losses.append(float(loss.detach()))
-                result.steps += 1
-                bar.advance(1, loss=losses[-1])
-                if result.steps >= total:
-                    break
-            epoch += 1
-            if not losses:
-                raise UsageError(f"{where}: no batch of at least 2 images in the training split ({len(dataset)} "
-                                 f"images, batch size {batch_size}); batch norm needs 2, use a larger --subset or "
-                                 "batch size")
-            result.epoch_losses.append(sum(losses) / len(losses))
-    broken = _non_finite_weights(model)
-    if broken:
-        raise NonFiniteLossError(f"{where}: weights not finite after step {result.steps} of {total} "
-                                 f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); lower {lr_option} "
-                                 f"(now {lr:g})")
+
+    def epoch_batches(epoch: int) -> DataLoader:
+        return runtime.loader(dataset, batch_size, shuffle=True, seed=seed, epoch=first_epoch + epoch,
+                              drop_last=drop_last)
+
+    def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with runtime.autocast():
+            return loss_fn(train_model, batch)
+
+    total = max(1, round(epochs * len(epoch_batches(0))))
+    state = fit(step, epoch_batches, total=total, runtime=runtime, progress=progress,
+                description=f"fine-tune ({name})", optimizer=optimizer, modules=[train_model], min_batch=2,
+                where=where, hint=f"lower {lr_option} (now {lr:g})", weights=model, epoch_means=True,
+                on_epoch_start=lambda epoch: _set_phase_modes(model, head),
+                empty_epoch=f"{where}: no batch of at least 2 images in the training split ({len(dataset)} images, "
+                            f"batch size {batch_size}); batch norm needs 2, use a larger --subset or batch size")
+    result.steps = state.step
+    result.epoch_losses = [means["loss"] for means in state.epoch_means]
     model.eval()
     return result
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ from sslbench.checkpoints import atomic_torch_save, load_cache_file, load_failur
 from sslbench.colour import lab_to_rgb, rgb_to_lab
 from sslbench.config import canonical_json
 from sslbench.datasets.base import subset_indices
-from sslbench.errors import DataError, NonFiniteLossError, UsageError
+from sslbench.errors import DataError, UsageError
+from sslbench.fit import fit
 from sslbench.pretext import images_to_rgb
 from sslbench.progress import Progress
 from sslbench.protocol import EvalData
@@ -276,8 +276,8 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 def train_judge(judge: Judge, train: Dataset, cfg: JudgeConfig, runtime: Runtime, seed: int,
                 progress: Progress) -> dict[str, Any]:
-    """Train ``judge`` on the labelled colour images of ``train`` (Adam, cosine schedule) through the Runtime;
-    returns a summary (steps, first and last loss, seconds).
+    """Train ``judge`` on the labelled colour images of ``train`` (Adam, cosine schedule) with the one training loop,
+    :func:`sslbench.fit.fit`, through the Runtime; returns a summary (steps, first and last loss, seconds).
 
     Raises :class:`UsageError` when no batch of 2 images can be formed (batch norm needs 2) and
     :class:`NonFiniteLossError` naming the step when the loss, or the trained weights, are not finite."""
@@ -293,38 +293,24 @@ def train_judge(judge: Judge, train: Dataset, cfg: JudgeConfig, runtime: Runtime
     opt = torch.optim.Adam(judge.parameters(), lr=cfg.judge_lr, weight_decay=cfg.judge_weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     generator = torch.Generator().manual_seed(seed)
+
+    def step(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        rgb = images_to_rgb(batch["image"])
+        if cfg.judge_augment:
+            rgb = _augment(rgb, generator)
+        with runtime.autocast():
+            return F.cross_entropy(model(rgb).float(), batch["label"])
+
     judge.train()
-    losses: list[float] = []
-    start = time.perf_counter()
-    step, epoch = 0, 0
-    with torch.enable_grad(), progress.task("train judge", total) as bar:
-        while step < total:
-            loader = runtime.loader(train, cfg.judge_batch_size, shuffle=True, seed=seed, epoch=epoch)
-            for batch in runtime.batches(loader):
-                if batch["image"].shape[0] < 2:
-                    continue
-                rgb = images_to_rgb(batch["image"])
-                if cfg.judge_augment:
-                    rgb = _augment(rgb, generator)
-                with runtime.autocast():
-                    loss = F.cross_entropy(model(rgb).float(), batch["label"])
-                runtime.optimise(loss, opt, where=f"semantic judge training: loss at step {step + 1} of {total}",
-                                 hint=hint)
-                sched.step()
-                losses.append(float(loss.detach()))
-                step += 1
-                bar.advance(loss=losses[-1])
-                if step >= total:
-                    break
-            epoch += 1
-    broken = [name for name, value in judge.state_dict().items()
-              if value.is_floating_point() and not bool(torch.isfinite(value).all())]
-    if broken:
-        raise NonFiniteLossError(f"semantic judge training: weights not finite after step {step} of {total} "
-                                 f"({', '.join(broken[:3])}{', ...' if len(broken) > 3 else ''}); {hint}")
+    with torch.enable_grad():
+        state = fit(step, lambda epoch: runtime.loader(train, cfg.judge_batch_size, shuffle=True, seed=seed,
+                                                       epoch=epoch),
+                    total=total, runtime=runtime, progress=progress, description="train judge", optimizer=opt,
+                    modules=[model], min_batch=2, where="semantic judge training", hint=hint, weights=judge,
+                    on_step_end=lambda _: sched.step())
     judge.eval()
-    return {"steps": step, "epochs": step / per_epoch, "train_images": size, "first_loss": losses[0],
-            "last_loss": losses[-1], "wall_s": time.perf_counter() - start}
+    return {"steps": state.step, "epochs": state.step / per_epoch, "train_images": size,
+            "first_loss": state.first["loss"], "last_loss": state.last["loss"], "wall_s": state.wall_s}
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:

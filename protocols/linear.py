@@ -30,13 +30,15 @@ Departures from the papers, and why:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from sslbench.errors import UsageError
+from sslbench.fit import fit as fit_loop
+from sslbench.progress import Progress
 from sslbench.protocol import (PerLayerProbe, TapContext, check_finite, choose_best, correct_values,
                                validation_split)
 from sslbench.registry import register_protocol
@@ -70,8 +72,10 @@ class LinearConfig:
 
 
 def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes: int, config: LinearConfig,
-                       seed: int, *, runtime: Runtime, tap: str = "features") -> nn.Module:
-    """A non-affine batch norm + linear classifier trained on fixed features through ``runtime``.
+                       seed: int, *, runtime: Runtime, tap: str = "features",
+                       progress: Progress | None = None) -> nn.Module:
+    """A non-affine batch norm + linear classifier trained on fixed features with the one training loop
+    (:func:`sslbench.fit.fit`) through ``runtime``; ``progress`` shows its steps.
 
     Raises :class:`UsageError` when batch norm cannot train (fewer than 2 samples, or batches of fewer than 2) and
     :class:`NonFiniteLossError` naming ``tap`` and the step when the loss, or the trained weights, are not finite.
@@ -92,22 +96,25 @@ def train_linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, num_classes
     total = max(1, round(config.epochs * steps_per_epoch))
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[int(total * 0.5), int(total * 0.75)], gamma=0.1)
     generator = torch.Generator().manual_seed(seed)
-    probe.train()
-    step = 0
-    while step < total:
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # One generator for every epoch, drawn in turn: fit_loop asks for epochs 0, 1, ... in order. Only an epoch's
+        # last batch can be shorter than 2 samples (fit_loop skips it); the first has at least 2.
         order = torch.randperm(size, generator=generator).to(train_x.device)
         for start in range(0, size, config.batch_size):
             index = order[start:start + config.batch_size]
-            if index.numel() < 2:  # only an epoch's last batch can be this short; the first has >= 2 samples
-                continue
-            with runtime.autocast():
-                logits = probe(train_x[index])
-            loss = F.cross_entropy(logits.float(), train_y[index])
-            runtime.optimise(loss, opt, where=f"linear probe on {tap}: loss at step {step + 1} of {total}", hint=hint)
-            sched.step()
-            step += 1
-            if step >= total:
-                break
+            yield train_x[index], train_y[index]
+
+    def loss_of(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        features, targets = batch
+        with runtime.autocast():
+            logits = probe(features)
+        return F.cross_entropy(logits.float(), targets)
+
+    probe.train()
+    step = fit_loop(loss_of, epoch_batches, total=total, runtime=runtime, progress=progress,
+                    description=f"linear probe {tap}", optimizer=opt, min_batch=2, where=f"linear probe on {tap}",
+                    hint=hint, on_step_end=lambda _: sched.step()).step
     check_finite(f"linear probe on {tap} after step {step} of {total}", probe, hint=hint)
     return probe.eval()
 
@@ -123,7 +130,7 @@ class LinearProbe(PerLayerProbe):
               num_classes: int, context: TapContext) -> list[torch.Tensor]:
         cfg: LinearConfig = self.config
         probe = train_linear_probe(train_x, train_y, num_classes, cfg, context.seed, runtime=context.runtime,
-                                   tap=context.tap)
+                                   tap=context.tap, progress=context.progress)
         with torch.no_grad(), context.runtime.autocast():
             logits = [probe(query).float() for query in queries]
         check_finite(f"linear probe on {context.tap}", outputs=torch.cat(logits),

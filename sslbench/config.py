@@ -44,7 +44,8 @@ class TrainBudget:
     """How long a pretext trains: ``steps`` if set, else ``epochs`` over the training split.
 
     A step is one optimiser step over ``accumulate`` batches of ``batch_size`` (gradient accumulation, to reach a
-    paper's batch size on a small device): the effective batch is ``batch_size × accumulate × world size``."""
+    paper's batch size on a small device): the effective batch is ``batch_size × accumulate`` images, with
+    ``batch_size`` counted as the loader counts it (under ``torchrun``, over all processes)."""
 
     epochs: float = 5.0
     steps: int | None = None

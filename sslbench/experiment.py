@@ -54,7 +54,7 @@ VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 DATASET_KEYS = {"data_root", "image_size", "subset", "probe_subset", "eval_subset", "pretext_split", "probe_split", "eval_split"}
 TOP_KEYS = {"name", "seeds", "device", "precision", "channels_last", "compile", "workers", "out", "cache_dir", "checkpoint_every",
             "allow_eval_on_train", "decoded_cache", "budget", "datasets", "encoders", "protocols", "variants"}
-BUDGET_KEYS = {"epochs", "steps", "batch_size", "eval_epochs", "eval_batch_size"}
+BUDGET_KEYS = {"epochs", "steps", "batch_size", "accumulate", "eval_epochs", "eval_batch_size"}
 
 
 @dataclass
@@ -64,6 +64,9 @@ class Budget:
     epochs: float = 5.0
     steps: int | None = None
     batch_size: int = 64
+    #: Batches per optimiser step of pretext training (gradient accumulation): the effective batch is
+    #: batch_size × accumulate. In the checkpoint hash only when not 1, so existing checkpoints keep their names.
+    accumulate: int = 1
     eval_epochs: float | None = None
     eval_batch_size: int = 128
 
@@ -150,7 +153,7 @@ def _image_size(value: Any, where: str) -> int | tuple[int, int] | None:
 
 def _number(value: Any, key: str, where: str) -> float | int:
     """A budget value with the type the command line gives it (epochs are floats, counts are integers)."""
-    integer = key in ("steps", "batch_size", "eval_batch_size")
+    integer = key in ("steps", "batch_size", "accumulate", "eval_batch_size")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)) \
             or value <= 0:
         raise UsageError(f"{where} {key} must be a positive {'integer' if integer else 'number'}, got {value!r}")

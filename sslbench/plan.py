@@ -383,7 +383,9 @@ def _run_config(exp: Experiment, dataset: DatasetPlan, encoder: EncoderPlan, var
         "data_fingerprint": dataset.fingerprints[role], "train_images": len(train_data),
         "num_classes": dataset.probe_data.num_classes, "class_names": list(dataset.probe_data.class_names),
         "seed": seed, "budget": {"epochs": exp.budget.epochs, "steps": exp.budget.steps,
-                                 "batch_size": exp.budget.batch_size},
+                                 "batch_size": exp.budget.batch_size,
+                                 # only when used, so the checkpoints of every earlier run keep their hashes
+                                 **({"accumulate": exp.budget.accumulate} if exp.budget.accumulate != 1 else {})},
         "precision": exp.precision, "harness_schema": HARNESS_SCHEMA,
     }
 

@@ -44,6 +44,16 @@ def _image_size(text: str) -> int | tuple[int, int]:
 
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"--progress-every {text!r}: expected a number of seconds, e.g. 30")
+    return value
+
+
 def _setting(text: str) -> tuple[str, str, str]:
     key, sep, value = text.partition("=")
     owner, dot, option = key.partition(".")
@@ -111,6 +121,9 @@ def add_parser(sub: Any) -> None:
     budget.add_argument("--steps", type=positive_int_arg, default=None, help="pretext training steps "
                                                                           "(overrides --epochs)")
     budget.add_argument("--batch-size", type=positive_int_arg, default=None, help="pretext batch size (default: 64)")
+    budget.add_argument("--accumulate", type=positive_int_arg, default=None,
+                        help="batches per optimiser step of pretext training (gradient accumulation): the effective "
+                             "batch is batch size × N (default: 1)")
     budget.add_argument("--checkpoint-every", type=positive_int_arg, default=None,
                         help="save a resumable checkpoint every N training steps (default: 200)")
     budget.add_argument("--eval-epochs", type=float, default=None,
@@ -144,7 +157,10 @@ def add_parser(sub: Any) -> None:
                      help="an option of every variant of a pretext (quantized.rebalance=false), of one variant, of "
                           "a protocol (linear.reduction=bilinear), a dataset (synthetic.num_train=500) or the encoder "
                           "(encoder.width_mult=0.5); the options: sslbench show NAME")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--quiet", action="store_true", help="no progress (bars or lines)")
+    run.add_argument("--progress-every", type=_seconds, default=30.0, metavar="S",
+                     help="off a terminal (a log file, a cluster job), print a progress line every S seconds "
+                          "(default: 30)")
 
 
 def experiment_from_args(args: argparse.Namespace) -> Any:
@@ -174,7 +190,7 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
                           ("probe_split", "probe_split"), ("eval_split", "eval_split")):
             if getattr(args, flag) is not None:
                 setattr(dataset, key, getattr(args, flag))
-    for flag in ("epochs", "steps", "batch_size", "eval_epochs", "eval_batch_size"):
+    for flag in ("epochs", "steps", "batch_size", "accumulate", "eval_epochs", "eval_batch_size"):
         if getattr(args, flag) is not None:
             setattr(exp.budget, flag, getattr(args, flag))
     for flag in ("seeds", "device", "precision", "channels_last", "compile", "out", "cache_dir", "workers",
@@ -243,6 +259,10 @@ class _Log:
     def __call__(self, message: str, style: str = "") -> None:
         self.console.print(f"[{style}]{message}[/]" if style else message, highlight=False, markup=bool(style),
                            soft_wrap=True)
+        self.to_file(message)
+
+    def to_file(self, message: str) -> None:
+        """Only to ``run.log`` (progress lines, which the progress display prints itself)."""
         if self.path is not None:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {message}\n")
@@ -311,7 +331,9 @@ def main(args: argparse.Namespace) -> int:
         if not child and (args.jobs > 1 or args.launcher == "submitit"):
             outcome = _launch(args, plan, log)
         else:
-            with Progress(enabled=not args.quiet, console=console) as progress:
+            main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports progress
+            with Progress(enabled=not args.quiet and main_process, console=console, every=args.progress_every,
+                          record=log.to_file) as progress:
                 outcome = run(plan, force=args.force, wait=not args.no_wait, progress=progress, on_record=report,
                               say=log)
     except BaseException as exc:

@@ -84,7 +84,7 @@ def unit_status(plan: RunPlan, unit: Unit, force: bool) -> tuple[str, list[Evalu
 
 def _budget(plan: RunPlan) -> TrainBudget:
     b = plan.experiment.budget
-    return TrainBudget(epochs=b.epochs, steps=b.steps, batch_size=b.batch_size)
+    return TrainBudget(epochs=b.epochs, steps=b.steps, batch_size=b.batch_size, accumulate=b.accumulate)
 
 
 def _free_bytes(path: Path) -> int:

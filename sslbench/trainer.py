@@ -1,10 +1,12 @@
-"""The one training loop of the harness: every pretext trains through :func:`train_pretext`.
+"""Pretext training: every pretext trains through :func:`train_pretext`, a caller of the one loop,
+:func:`sslbench.fit.fit`.
 
 It runs ``pretext.training_step`` over seeded epochs (the order depends only on seed and epoch, so a resumed run
-sees the same batches), shows a progress bar, saves a resumable checkpoint every ``checkpoint_every`` steps and the
-final one at the end, and resumes from the last one after a kill. A NaN or infinite loss stops the run with an error
-that names the step and the last good checkpoint, which is kept. Device, precision and DDP come from the
-:class:`~sslbench.runtime.Runtime`.
+sees the same batches), saves a resumable checkpoint every ``checkpoint_every`` steps and the final one at the end,
+and resumes from the last one after a kill. With ``budget.accumulate`` > 1 the loop computes the loss of a
+single-optimiser pretext (``compute_loss``) itself and steps its optimiser once every ``accumulate`` batches. A NaN
+or infinite loss stops the run with an error that names the step and the last good checkpoint, which is kept.
+Device, precision and DDP come from the :class:`~sslbench.runtime.Runtime`.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import torch
 from torch.utils.data import Dataset
 
 from sslbench.checkpoints import CheckpointStore
 from sslbench.config import TrainBudget
-from sslbench.errors import NonFiniteLossError
+from sslbench.errors import NonFiniteLossError, UsageError
+from sslbench.fit import FitState, fit
 from sslbench.pretext import Pretext
 from sslbench.progress import Progress
 from sslbench.runtime import Runtime
@@ -68,12 +71,39 @@ def _state(pretext: Pretext, step: int, summary: TrainSummary) -> dict[str, Any]
     }
 
 
+def _loss_step(pretext: Pretext, runtime: Runtime) -> Callable[[dict[str, torch.Tensor]], Any]:
+    """The loss and logs of a single-optimiser pretext on a batch (what :meth:`Pretext.training_step` computes before
+    its backward pass), for :func:`fit` to backpropagate and step: the logs stay on the device, and gradients can
+    accumulate over batches."""
+    def step(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with runtime.autocast():
+            loss, logs = pretext.train_model(batch)
+        return loss, {k: v.detach() for k, v in logs.items()}
+    return step
+
+
 def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: TrainBudget,
                   store: CheckpointStore, seed: int, progress: Progress, description: str = "train",
-                  log_every: int = 10, checkpoint_every: int = 200) -> TrainSummary:
-    """Train ``pretext`` on ``dataset`` within ``budget``, resuming from ``store``'s partial checkpoint if any."""
+                  log_every: int = 10, checkpoint_every: int = 200,
+                  batch_transform: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None
+                  ) -> TrainSummary:
+    """Train ``pretext`` on ``dataset`` within ``budget``, resuming from ``store``'s partial checkpoint if any.
+
+    A step is one optimiser step over ``budget.accumulate`` batches of ``budget.batch_size``; ``batch_transform``
+    runs on each batch on the device (see :func:`~sslbench.fit.fit`)."""
+    accumulate = budget.accumulate
+    # A pretext that overrides training_step (several optimisers) steps by itself; the others' loss goes through fit.
+    own_steps = type(pretext).training_step is not Pretext.training_step
+    if own_steps and accumulate > 1:
+        raise UsageError(f"--accumulate {accumulate}: pretext {type(pretext).__name__} runs its own optimisation "
+                         "steps (training_step), so its gradients cannot be accumulated; use --accumulate 1 and a "
+                         "larger --batch-size")
     drop_last = len(dataset) > budget.batch_size
-    steps_per_epoch = len(runtime.loader(dataset, budget.batch_size, shuffle=True, seed=seed, drop_last=drop_last))
+    batches = len(runtime.loader(dataset, budget.batch_size, shuffle=True, seed=seed, drop_last=drop_last))
+    if accumulate > batches:
+        raise UsageError(f"--accumulate {accumulate}: an epoch has only {batches} batch(es) of {budget.batch_size}; "
+                         "accumulate at most that many, or lower --batch-size")
+    steps_per_epoch = batches // accumulate
     total = budget.steps if budget.steps is not None else max(1, math.ceil(budget.epochs * steps_per_epoch))
     summary = TrainSummary()
     step = 0
@@ -97,56 +127,46 @@ def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: 
     last_saved = step if store.partial.is_file() else None
 
     pretext.train()
-    window: dict[str, list[float]] = {}
-    start = time.perf_counter()
-    images = 0
-    prior_images, prior_wall = summary.images, summary.wall_s
+    prior_images, prior_wall, prior_history = summary.images, summary.wall_s, list(summary.history)
 
-    def account() -> None:
+    def account(fit_state: FitState) -> None:
         """Totals so far, over this process and every earlier one that trained this checkpoint."""
-        wall = time.perf_counter() - start
-        summary.steps = step
-        summary.epochs = step / steps_per_epoch
-        summary.images = prior_images + images
-        summary.wall_s = prior_wall + wall
+        summary.steps = fit_state.step
+        summary.epochs = fit_state.step / steps_per_epoch
+        summary.images = prior_images + fit_state.images
+        summary.wall_s = prior_wall + fit_state.elapsed()
         summary.images_per_s = summary.images / summary.wall_s if summary.wall_s > 0 else 0.0
-    with progress.task(description, total=total) as bar:
-        bar.advance(step)
-        while step < total:
-            epoch, offset = divmod(step, steps_per_epoch)
-            loader = runtime.loader(dataset, budget.batch_size, shuffle=True, seed=seed, epoch=epoch,
-                                    drop_last=drop_last)
-            for index, batch in enumerate(loader):
-                if index < offset:
-                    continue
-                if step >= total:
-                    break
-                batch = runtime.to_device(batch)
-                try:
-                    logs = pretext.training_step(batch, runtime)
-                except NonFiniteLossError as exc:
-                    kept = (f"the last good checkpoint (step {last_saved}) is kept at {store.partial}"
-                            if last_saved is not None else "no checkpoint had been saved yet")
-                    raise NonFiniteLossError(
-                        f"{description}: {exc} at step {step}; {kept}. Lower the learning rate or use "
-                        "--precision fp32; a rerun with the same config resumes from the kept checkpoint."
-                    ) from exc
-                runtime.end_step()
-                step += 1
-                images += int(batch["image"].shape[0]) * runtime.world_size
-                for key, value in logs.items():
-                    window.setdefault(key, []).append(value)
-                if step % log_every == 0 or step == total:
-                    summary.history.append({"step": step, **{k: sum(v) / len(v) for k, v in window.items()}})
-                    window.clear()
-                bar.advance(1, **{k: v for k, v in logs.items() if k.startswith("loss")})
-                if step % checkpoint_every == 0 and step < total and runtime.is_main:
-                    account()
-                    store.save(_state(pretext, step, summary), final=False)
-                    last_saved = step
-    account()
+        summary.history = prior_history + fit_state.history
+
+    def checkpoint(fit_state: FitState) -> None:
+        nonlocal last_saved
+        if fit_state.step % checkpoint_every == 0 and fit_state.step < total and runtime.is_main:
+            account(fit_state)
+            store.save(_state(pretext, fit_state.step, summary), final=False)
+            last_saved = fit_state.step
+
+    def non_finite(exc: NonFiniteLossError, fit_state: FitState) -> NonFiniteLossError:
+        kept = (f"the last good checkpoint (step {last_saved}) is kept at {store.partial}"
+                if last_saved is not None else "no checkpoint had been saved yet")
+        return NonFiniteLossError(
+            f"{description}: {exc}{f' at step {fit_state.step}' if own_steps else ''}; {kept}. Lower the learning rate or use "
+            "--precision fp32; a rerun with the same config resumes from the kept checkpoint.")
+
+    def epoch_batches(epoch: int) -> Iterable[dict[str, torch.Tensor]]:
+        return runtime.loader(dataset, budget.batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=drop_last)
+
+    if own_steps:
+        step_fn, optimizer, modules = (lambda batch: pretext.training_step(batch, runtime)), None, []
+    else:
+        (optimizer,) = pretext.optimizers.values()
+        step_fn, modules = _loss_step(pretext, runtime), [pretext.train_model]
+    fit_state = fit(step_fn, epoch_batches, total=total, runtime=runtime, progress=progress, description=description,
+                    optimizer=optimizer, accumulate=accumulate, modules=modules, start_step=step,
+                    steps_per_epoch=steps_per_epoch, log_every=log_every, batch_transform=batch_transform,
+                    where=f"{type(pretext).__name__}", on_step_end=checkpoint, on_non_finite=non_finite)
+    account(fit_state)
     if runtime.is_main:
-        store.save(_state(pretext, step, summary), final=True)
+        store.save(_state(pretext, fit_state.step, summary), final=True)
     runtime.barrier()
     return summary
 
