@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sslbench.checkpoints import CheckpointStore
+from sslbench.cli import main
 from sslbench.colour import normalize_l, rgb_to_lab
 from sslbench.config import TrainBudget
 from sslbench.datasets import create_dataset
@@ -224,7 +225,7 @@ def test_pretext_budget_accumulates_and_a_pretext_with_its_own_steps_refuses(syn
                       CheckpointStore(tmp_path / "cache", "regression", "too-many"), 0, Progress.disabled())
 
 
-def test_accumulate_enters_the_checkpoint_hash_only_when_not_one(tmp_path):
+def test_accumulate_enters_the_checkpoint_hash_only_when_not_one(tmp_path, capsys):
     def unit(accumulate: int | None):
         exp = Experiment(variants=[VariantSpec("regression", "regression")],
                          datasets=[DatasetSpec("synthetic", subset=64, eval_subset=32)], out=tmp_path / "runs")
@@ -237,3 +238,17 @@ def test_accumulate_enters_the_checkpoint_hash_only_when_not_one(tmp_path):
     assert "accumulate" not in default.run_config["budget"]  # the hash of every earlier checkpoint is unchanged
     assert default.checkpoint_hash == one.checkpoint_hash
     assert two.checkpoint_hash != one.checkpoint_hash and two.run_config["budget"]["accumulate"] == 2
+
+    # The flag and the experiment file's [budget] reach the same plan.
+    common = ["run", "--pretext", "regression", "--subset", "64", "--eval-subset", "32", "--dry-run",
+              "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(common + ["--accumulate", "2"]) == 0
+    assert f"train checkpoint {two.checkpoint_hash}" in capsys.readouterr().out
+    exp_file = tmp_path / "exp.toml"
+    exp_file.write_text('[budget]\naccumulate = 2\n[datasets.synthetic]\nsubset = 64\neval_subset = 32\n'
+                        '[protocols.linear]\n[variants.regression]\n')
+    assert main(["run", "--config", str(exp_file), "--dry-run", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert f"train checkpoint {two.checkpoint_hash}" in capsys.readouterr().out
+    exp_file.write_text('[budget]\naccumulate = 1.5\n[protocols.linear]\n[variants.regression]\n')
+    assert main(["run", "--config", str(exp_file), "--dry-run"]) == 2
+    assert "accumulate must be a positive integer" in capsys.readouterr().err
