@@ -127,18 +127,26 @@ def bce_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 @torch.no_grad()
 def predict(model: nn.Module, dataset: Any, runtime: Runtime, batch_size: int, progress: Progress
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Logits, multi-hot targets and (when the dataset has them) difficult flags over ``dataset``."""
+    """Logits, multi-hot targets and (when the dataset has them) difficult flags over ``dataset``, in dataset order.
+
+    Under ``torchrun`` each process predicts its shard (:meth:`~sslbench.runtime.Runtime.eval_loader`) and the rows
+    are gathered in dataset order, so every process returns what one process would (AP needs every score)."""
     model.eval()
+    runtime.sync_from_main(model)  # every shard with rank 0's weights and batch-norm statistics
     logits, targets, difficult = [], [], []
-    loader = runtime.loader(dataset, batch_size, shuffle=False, seed=0)
+    loader = runtime.eval_loader(dataset, batch_size)
     for batch in progress.track(runtime.batches(loader), "evaluate", total=len(loader)):
         with runtime.autocast():
             logits.append(model(images_to_rgb(batch["image"])).float())
         targets.append(batch["labels"].float())
         if "difficult" in batch:
             difficult.append(batch["difficult"].bool())
-    flags = torch.cat(difficult) if difficult and len(difficult) == len(logits) else None
-    return torch.cat(logits), torch.cat(targets), flags
+    has_flags = runtime.agree(bool(difficult) and len(difficult) == len(logits))
+
+    def gathered(rows: list[torch.Tensor]) -> torch.Tensor:
+        return runtime.gather_rows(torch.cat(rows) if rows else None, runtime.device)
+
+    return gathered(logits), gathered(targets), gathered(difficult) if has_flags else None
 
 
 @register_protocol("finetune_cls")

@@ -153,12 +153,18 @@ def evaluate_segmenter(model: nn.Module, dataset: Any, runtime: Runtime, batch_s
     """One confusion matrix over ``dataset``, the predicted masks (uint8 on the CPU, in dataset order) and every
     image's own confusion matrix ((N, C, C) int64 on the CPU, in dataset order; they sum to the split's matrix).
 
+    Under ``torchrun`` each process evaluates its shard (:meth:`~sslbench.runtime.Runtime.eval_loader`) with rank
+    0's weights and batch-norm statistics (DDP leaves each process its own statistics); the int64 confusion
+    matrices are summed over processes and the per-image values gathered in dataset order, so every process returns
+    what one process would.
+
     Raises :class:`NonFiniteLossError` when the model's logits are not finite."""
     model.eval()
+    runtime.sync_from_main(model)  # every shard with rank 0's weights and batch-norm statistics
     num_classes, ignore = dataset.num_mask_classes, dataset.ignore_index
     scores = SegmentationMetrics(num_classes, ignore)
     predictions, confusions = [], []
-    loader = runtime.loader(dataset, batch_size, shuffle=False, seed=0)
+    loader = runtime.eval_loader(dataset, batch_size)
     for batch in progress.track(runtime.batches(loader), "evaluate", total=len(loader)):
         mask = batch["mask"]
         with runtime.autocast():
@@ -171,7 +177,12 @@ def evaluate_segmenter(model: nn.Module, dataset: Any, runtime: Runtime, batch_s
         scores.update(pred, mask)
         predictions.append(pred.to(torch.uint8).cpu())
         confusions.extend(confusion_matrix(p, m, num_classes, ignore).cpu() for p, m in zip(pred, mask))
-    return scores, torch.cat(predictions), torch.stack(confusions)
+    local = scores.confusion
+    if local is None:  # a process without batches adds nothing
+        local = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=runtime.device)
+    scores.confusion = runtime.all_reduce_sum(local)
+    return (scores, runtime.gather_rows(torch.cat(predictions) if predictions else None, "cpu"),
+            runtime.gather_rows(torch.stack(confusions) if confusions else None, "cpu"))
 
 
 @register_protocol("finetune_seg")

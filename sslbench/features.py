@@ -82,9 +82,10 @@ def extract_reductions(representation: Representation, dataset: Dataset, runtime
     reduced features (float16, on the runtime's device), and the labels (``label_key``; None when absent)."""
     names = [tap.name for tap in representation.taps]
     representation.eval()
+    runtime.sync_from_main(representation)  # under torchrun, every shard with rank 0's batch-norm statistics
     chunks: dict[Reduction, dict[str, list[torch.Tensor]]] = {r: {n: [] for n in names} for r in reductions}
     label_chunks: list[torch.Tensor] = []
-    loader = runtime.loader(dataset, batch_size, shuffle=False, seed=0)
+    loader = runtime.eval_loader(dataset, batch_size)  # under torchrun, this process's shard
     for batch in progress.track(runtime.batches(loader), f"features {split}", total=len(loader)):
         with runtime.autocast():
             maps = representation(images_to_rgb(batch["image"]))
@@ -93,8 +94,11 @@ def extract_reductions(representation: Representation, dataset: Dataset, runtime
                 chunks[r][name].append(reduce_map(fmap.float(), r.kind, r.target_dims).half())
         if label_key in batch:
             label_chunks.append(batch[label_key])
-    labels = torch.cat(label_chunks) if label_chunks else None
-    return {r: {n: torch.cat(c) for n, c in per_tap.items()} for r, per_tap in chunks.items()}, labels
+    reduced = {r: {n: runtime.gather_rows(torch.cat(c) if c else None, runtime.device) for n, c in per_tap.items()}
+               for r, per_tap in chunks.items()}
+    labels = (runtime.gather_rows(torch.cat(label_chunks) if label_chunks else None, runtime.device)
+              if runtime.agree(bool(label_chunks)) else None)
+    return reduced, labels
 
 
 def extract_features(representation: Representation, dataset: Dataset, runtime: Runtime, *, batch_size: int,
@@ -106,7 +110,8 @@ def extract_features(representation: Representation, dataset: Dataset, runtime: 
     """
     names = [tap.name for tap in representation.taps]
     where = (split, len(dataset), reduction, target_dims)
-    if cache_dir and _all_cached(Path(cache_dir), *where, names):
+    # Rank 0 decides for all processes: one reading the cache while another computes would wait forever.
+    if cache_dir and runtime.agree(_all_cached(Path(cache_dir), *where, names)):
         return _on_device(_read_all(Path(cache_dir), *where, names), runtime)
     wanted = Reduction(reduction, target_dims)
     reduced, labels = extract_reductions(representation, dataset, runtime, batch_size=batch_size, reductions=[wanted],
@@ -157,7 +162,7 @@ class FeatureStore:
         where = (split, len(dataset), reduction.kind, reduction.target_dims)
         persist_dir = self.cache_dir if persist else None
         found = self._lookup((source, reduction))
-        if found is None and persist_dir is not None and _all_cached(persist_dir, *where, names):
+        if found is None and persist_dir is not None and runtime.agree(_all_cached(persist_dir, *where, names)):
             found = _read_all(persist_dir, *where, names)
             self._keep((source, reduction), found)
         if found is None:

@@ -204,7 +204,7 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
     for evaluation in unit.evaluations:
         if force:
             continue
-        existing = _current(evaluation)
+        existing = runtime.agree(_current(evaluation))  # every rank must evaluate the same protocols
         if existing is not None:
             outcome.records.append(existing)
             outcome.cached += 1
@@ -224,7 +224,7 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
     try:
         if unit.variant.pretext_cls.trainable:
             summary = None
-            if store.has_final():
+            if runtime.agree(store.has_final()):  # rank 0's view, so no rank trains while another reuses
                 summary = load_trained(pretext, store, runtime)
                 outcome.reused.append(unit.label)
             else:
@@ -242,7 +242,7 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
                     outcome.deferred.append(unit.label)
                     return
                 try:
-                    if store.has_final():
+                    if runtime.agree(store.has_final()):
                         summary = load_trained(pretext, store, runtime)
                         outcome.reused.append(unit.label)
                     else:

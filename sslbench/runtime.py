@@ -3,8 +3,13 @@
 Every training loop in the harness (pretext training in :mod:`sslbench.trainer`, the protocols' probes and
 fine-tuning) goes through a :class:`Runtime`: it picks the device, wraps forward passes in autocast for mixed
 precision, scales and checks losses (a NaN or infinite loss raises :class:`NonFiniteLossError` before it touches the
-weights), wraps modules in DistributedDataParallel under ``torchrun`` and builds seeded data loaders with a
-distributed sampler. Code written against it runs unchanged on one CPU, one GPU or many.
+weights), wraps modules in DistributedDataParallel under ``torchrun`` and builds seeded data loaders. Code written
+against it runs unchanged on one CPU, one GPU or many.
+
+Under ``torchrun`` (see :mod:`sslbench.distributed`): batch sizes are global (each process takes its chunk of the
+very batch one process would draw), evaluation loaders shard the split into contiguous runs of whole batches, and
+:meth:`Runtime.gather_rows`, :meth:`Runtime.all_reduce_sum` and :meth:`Runtime.agree` put the results back together
+exactly, in the single-process order.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from sslbench import distributed as dist_ops
 from sslbench.errors import NonFiniteLossError, UsageError
 
 __all__ = ["Runtime", "resolve_device", "seed_everything", "move_batch"]
@@ -189,8 +195,10 @@ class Runtime:
                drop_last: bool = False, repeat: bool = False) -> DataLoader:
         """A seeded loader: the order depends only on (seed, epoch).
 
-        Under ``torchrun`` a shuffled (training) loader gives each process its shard; an unshuffled (evaluation)
-        loader gives every process the whole split, so metrics never depend on the number of processes. Batches are
+        ``batch_size`` is the global batch: under ``torchrun`` a shuffled (training) loader gives each process its
+        equal chunk of every batch one process would draw (:class:`~sslbench.distributed.GlobalBatchShards`), so the
+        steps and their images do not depend on the number of processes; an unshuffled loader gives every process
+        the whole split (:meth:`eval_loader` shards it instead). Batches are
         in pinned memory on CUDA. A split read from the decoded-image cache is built or opened here, with the
         loader's workers decoding, before any worker starts (see :mod:`sslbench.datasets.decoded_cache`).
 
@@ -202,10 +210,11 @@ class Runtime:
 
         materialize_decoded(dataset, self.workers)
         sampler: Any = None
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        if self.distributed and shuffle:
-            sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed, drop_last=drop_last)
-            sampler.set_epoch(epoch)
+        generator = torch.Generator().manual_seed(dist_ops.epoch_seed(seed, epoch))
+        if self.distributed and shuffle:  # batch_size is global: this process's chunk of each single-process batch
+            sampler = dist_ops.GlobalBatchShards(len(dataset), batch_size, seed=seed, epoch=epoch,  # type: ignore
+                                                 drop_last=drop_last, rank=self.rank, world_size=self.world_size)
+            batch_size = sampler.per_process
         elif repeat:
             sampler = _EpochOrder(len(dataset), seed, shuffle, epoch)  # type: ignore[arg-type]
         return DataLoader(
@@ -225,6 +234,47 @@ class Runtime:
         """Iterate a loader with every batch moved to the device."""
         for batch in loader:
             yield self.to_device(batch)
+
+    def eval_loader(self, dataset: Dataset, batch_size: int) -> DataLoader:
+        """This process's shard of an ordered pass over ``dataset``: on one process every batch in order; under
+        ``torchrun`` a contiguous run of whole batches of that order, never padded
+        (:class:`~sslbench.distributed.EvalShards`). Put per-image results back together with
+        :meth:`gather_rows` and sums with :meth:`all_reduce_sum`."""
+        if not self.distributed:
+            return self.loader(dataset, batch_size, shuffle=False, seed=0)
+        shards = dist_ops.EvalShards(len(dataset), batch_size, rank=self.rank, world_size=self.world_size)
+        # A generator as in loader(seed=0): without one, iterating would draw from the global RNG, and what is
+        # initialised after evaluation (a probe's weights) would differ from the single-process run.
+        return DataLoader(dataset, batch_sampler=shards, num_workers=self.workers,
+                          pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(dist_ops.epoch_seed(0, 0)),
+                          worker_init_fn=_seed_worker if self.workers else None)
+
+    def gather_rows(self, rows: torch.Tensor | None, device: torch.device | str | None = None) -> torch.Tensor:
+        """Per-image rows of every process's :meth:`eval_loader` shard, concatenated in dataset order on every
+        process (on ``device``, default ``rows``' device or the runtime's). ``None``: this process had no batch.
+        On one process ``rows`` itself."""
+        device = torch.device(device) if device is not None else rows.device if rows is not None else self.device
+        if not self.distributed:
+            if rows is None:
+                raise ValueError("gather_rows: no rows to gather (the split is empty)")
+            return rows.to(device)
+        return dist_ops.gather_rows(rows, device)
+
+    def all_reduce_sum(self, value: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (``value`` itself on one process); integer sums are exact."""
+        return dist_ops.all_reduce_sum(value) if self.distributed else value
+
+    def sync_from_main(self, module: nn.Module) -> None:
+        """Copy rank 0's parameters and buffers into ``module`` on every process before a sharded evaluation (DDP
+        leaves each process its own batch-norm statistics); a no-op on one process."""
+        if self.distributed:
+            dist_ops.broadcast_module(module)
+
+    def agree(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every process, for decisions every process must take alike (``value`` itself on
+        one process)."""
+        return dist_ops.agree(value) if self.distributed else value
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         """Mean over processes (identity on one process)."""
