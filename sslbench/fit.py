@@ -159,7 +159,8 @@ def fit(step: Callable[[Batch], Any], epoch_batches: Callable[[int], Iterable[Ba
         min_batch: smaller batches are skipped and not counted (batch norm in train mode needs 2).
         batch_transform: run on each batch once it is on the device, before ``step`` (e.g. on-device augmentation).
         where, hint: name the loop and what to change in a non-finite-loss error: ``"{where}: loss at step k of
-            total is nan (not finite); {hint}"`` and ``"{where}: weights not finite after step k of total (...); {hint}"``.
+            total is nan (not finite); {hint}"`` and ``"{where}: weights not finite after step k of total (...);
+            {hint}"``.
         weights: checked for NaN or infinite values after the last step (a last update can break them).
         epoch_means: record the mean logs of every epoch (one sync per epoch).
         empty_epoch: the :class:`UsageError` message for an epoch without a single usable batch.

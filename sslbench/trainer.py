@@ -148,9 +148,10 @@ def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: 
     def non_finite(exc: NonFiniteLossError, fit_state: FitState) -> NonFiniteLossError:
         kept = (f"the last good checkpoint (step {last_saved}) is kept at {store.partial}"
                 if last_saved is not None else "no checkpoint had been saved yet")
+        at = f" at step {fit_state.step}" if own_steps else ""  # fit's own message already names the step
         return NonFiniteLossError(
-            f"{description}: {exc}{f' at step {fit_state.step}' if own_steps else ''}; {kept}. Lower the learning rate or use "
-            "--precision fp32; a rerun with the same config resumes from the kept checkpoint.")
+            f"{description}: {exc}{at}; {kept}. Lower the learning rate or use --precision fp32; a rerun with the "
+            "same config resumes from the kept checkpoint.")
 
     def epoch_batches(epoch: int) -> Iterable[dict[str, torch.Tensor]]:
         return runtime.loader(dataset, budget.batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=drop_last)
