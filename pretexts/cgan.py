@@ -302,7 +302,12 @@ class CGAN(Pretext):
     def setup(self, runtime: Runtime) -> None:
         """Move to the device, create both optimisers and wrap G and D separately for DDP.
 
-        The wrappers live in ``__dict__`` so that nn.Module does not register G and D a second time.
+        The wrappers live in ``__dict__`` so that nn.Module does not register G and D a second time. Under
+        ``torchrun`` the D step calls D's wrapper twice (real, fake) before one backward, and the G step reaches G's
+        wrapper through the one generator forward both steps share, with D unwrapped and frozen: every parameter of
+        each wrapper gets its gradient once per backward, so DDP needs no ``find_unused_parameters``
+        (``tests/test_distributed.py`` checks both networks stay equal across processes and, without batch
+        statistics, equal to one process at the same global batch).
         """
         self.to(runtime.device)
         self.optimizers = self.configure_optimizers()
