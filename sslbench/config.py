@@ -51,6 +51,8 @@ class TrainBudget:
     steps: int | None = None
     batch_size: int = 64
     accumulate: int = 1
+    #: On-device random crop + flip of every training batch (:class:`sslbench.datasets.augment.DeviceAugment`).
+    augment: bool = False
 
 
 def to_dict(obj: Any) -> Any:

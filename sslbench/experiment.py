@@ -54,7 +54,7 @@ VARIANT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 DATASET_KEYS = {"data_root", "image_size", "subset", "probe_subset", "eval_subset", "pretext_split", "probe_split", "eval_split"}
 TOP_KEYS = {"name", "seeds", "device", "precision", "channels_last", "compile", "workers", "out", "cache_dir", "checkpoint_every",
             "allow_eval_on_train", "decoded_cache", "budget", "datasets", "encoders", "protocols", "variants"}
-BUDGET_KEYS = {"epochs", "steps", "batch_size", "accumulate", "eval_epochs", "eval_batch_size"}
+BUDGET_KEYS = {"epochs", "steps", "batch_size", "accumulate", "augment", "eval_epochs", "eval_batch_size"}
 
 
 @dataclass
@@ -67,6 +67,9 @@ class Budget:
     #: Batches per optimiser step of pretext training (gradient accumulation): the effective batch is
     #: batch_size × accumulate. In the checkpoint hash only when not 1, so existing checkpoints keep their names.
     accumulate: int = 1
+    #: Random crop (from a reflect-padded image) and horizontal flip of every pretext training batch, on the device
+    #: (:mod:`sslbench.datasets.augment`). In the checkpoint hash only when on.
+    augment: bool = False
     eval_epochs: float | None = None
     eval_batch_size: int = 128
 
@@ -151,8 +154,13 @@ def _image_size(value: Any, where: str) -> int | tuple[int, int] | None:
     raise UsageError(f"{where} must be a positive integer or [height, width]")
 
 
-def _number(value: Any, key: str, where: str) -> float | int:
-    """A budget value with the type the command line gives it (epochs are floats, counts are integers)."""
+def _number(value: Any, key: str, where: str) -> float | int | bool:
+    """A budget value with the type the command line gives it (epochs are floats, counts are integers, ``augment``
+    is true or false)."""
+    if key == "augment":
+        if not isinstance(value, bool):
+            raise UsageError(f"{where} augment must be true or false, got {value!r}")
+        return value
     integer = key in ("steps", "batch_size", "accumulate", "eval_batch_size")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)) \
             or value <= 0:

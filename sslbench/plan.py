@@ -385,7 +385,8 @@ def _run_config(exp: Experiment, dataset: DatasetPlan, encoder: EncoderPlan, var
         "seed": seed, "budget": {"epochs": exp.budget.epochs, "steps": exp.budget.steps,
                                  "batch_size": exp.budget.batch_size,
                                  # only when used, so the checkpoints of every earlier run keep their hashes
-                                 **({"accumulate": exp.budget.accumulate} if exp.budget.accumulate != 1 else {})},
+                                 **({"accumulate": exp.budget.accumulate} if exp.budget.accumulate != 1 else {}),
+                                 **({"augment": True} if exp.budget.augment else {})},
         "precision": exp.precision, "harness_schema": HARNESS_SCHEMA,
     }
 

@@ -124,6 +124,9 @@ def add_parser(sub: Any) -> None:
     budget.add_argument("--accumulate", type=positive_int_arg, default=None,
                         help="batches per optimiser step of pretext training (gradient accumulation): the effective "
                              "batch is batch size × N (default: 1)")
+    budget.add_argument("--augment", action="store_true", default=None,
+                        help="random crop (reflect padding, 1/8 of the side) and horizontal flip of every pretext "
+                             "training batch, on the device (part of the checkpoint hash when on)")
     budget.add_argument("--checkpoint-every", type=positive_int_arg, default=None,
                         help="save a resumable checkpoint every N training steps (default: 200)")
     budget.add_argument("--eval-epochs", type=float, default=None,
@@ -190,7 +193,7 @@ def experiment_from_args(args: argparse.Namespace) -> Any:
                           ("probe_split", "probe_split"), ("eval_split", "eval_split")):
             if getattr(args, flag) is not None:
                 setattr(dataset, key, getattr(args, flag))
-    for flag in ("epochs", "steps", "batch_size", "accumulate", "eval_epochs", "eval_batch_size"):
+    for flag in ("epochs", "steps", "batch_size", "accumulate", "augment", "eval_epochs", "eval_batch_size"):
         if getattr(args, flag) is not None:
             setattr(exp.budget, flag, getattr(args, flag))
     for flag in ("seeds", "device", "precision", "channels_last", "compile", "out", "cache_dir", "workers",

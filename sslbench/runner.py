@@ -84,7 +84,8 @@ def unit_status(plan: RunPlan, unit: Unit, force: bool) -> tuple[str, list[Evalu
 
 def _budget(plan: RunPlan) -> TrainBudget:
     b = plan.experiment.budget
-    return TrainBudget(epochs=b.epochs, steps=b.steps, batch_size=b.batch_size, accumulate=b.accumulate)
+    return TrainBudget(epochs=b.epochs, steps=b.steps, batch_size=b.batch_size, accumulate=b.accumulate,
+                       augment=b.augment)
 
 
 def _free_bytes(path: Path) -> int:

@@ -126,6 +126,12 @@ def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: 
         summary.sessions += 1
     last_saved = step if store.partial.is_file() else None
 
+    if budget.augment and batch_transform is None:
+        from sslbench.datasets.augment import DeviceAugment
+
+        # Counted in micro-batches from the start of the run, so a resumed run augments as an uninterrupted one; under
+        # torchrun each process takes its chunk of the draws for the global batch, as it takes its chunk of the batch.
+        batch_transform = DeviceAugment(seed, start=step * accumulate, shard=(runtime.rank, runtime.world_size))
     pretext.train()
     prior_images, prior_wall, prior_history = summary.images, summary.wall_s, list(summary.history)
 

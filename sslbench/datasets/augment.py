@@ -51,7 +51,7 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def augment_on_device(batch: dict[str, Any], generator: torch.Generator, *, padding: int | None = None,
-                      flip: bool = True) -> dict[str, Any]:
+                      flip: bool = True, shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """``batch`` with each image (and its ``mask``) randomly cropped from its reflect-padded self and flipped.
 
     Args:
@@ -62,6 +62,9 @@ def augment_on_device(batch: dict[str, Any], generator: torch.Generator, *, padd
         padding: pixels of reflect padding on each side (each image moves by up to this much); default
             :func:`default_padding`; 0 turns the crop off.
         flip: flip each image left-right with probability 1/2.
+        shard: ``(rank, world_size)`` when ``batch`` is one process's equal chunk of a global batch (``torchrun``):
+            the draws are made for the whole global batch and this chunk takes its part, so every image is augmented
+            exactly as in a single process.
     """
     image = batch["image"]
     n, _, height, width = image.shape
@@ -69,9 +72,13 @@ def augment_on_device(batch: dict[str, Any], generator: torch.Generator, *, padd
     if pad < 0 or pad >= min(height, width):
         raise ValueError(f"augment_on_device: padding {pad} must be in 0..{min(height, width) - 1} for "
                          f"{height}x{width} images")
-    flips = torch.rand(n, generator=generator) < 0.5 if flip else torch.zeros(n, dtype=torch.bool)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator) - pad
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator) - pad
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"augment_on_device: shard {shard} is not (rank, world_size) with 0 <= rank < world_size")
+    total, part = n * world, slice(rank * n, (rank + 1) * n)
+    flips = (torch.rand(total, generator=generator) < 0.5 if flip else torch.zeros(total, dtype=torch.bool))[part]
+    dy = (torch.randint(0, 2 * pad + 1, (total,), generator=generator) - pad)[part]
+    dx = (torch.randint(0, 2 * pad + 1, (total,), generator=generator) - pad)[part]
     columns = torch.arange(width)
     columns = torch.where(flips.view(n, 1), width - 1 - columns, columns)  # flip after the crop
     rows = _reflect(dy.view(n, 1) + torch.arange(height), height).to(image.device)
@@ -94,14 +101,15 @@ class DeviceAugment:
     Args:
         seed: the run's seed.
         start: micro-batches already trained (``start_step * accumulate`` when resuming), where the count begins.
-        padding, flip: as :func:`augment_on_device`.
+        padding, flip, shard: as :func:`augment_on_device`.
     """
 
-    def __init__(self, seed: int, *, start: int = 0, padding: int | None = None, flip: bool = True) -> None:
-        self.seed, self.index, self.padding, self.flip = seed, start, padding, flip
+    def __init__(self, seed: int, *, start: int = 0, padding: int | None = None, flip: bool = True,
+                 shard: tuple[int, int] = (0, 1)) -> None:
+        self.seed, self.index, self.padding, self.flip, self.shard = seed, start, padding, flip, shard
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = augment_on_device(batch, augment_generator(self.seed, self.index), padding=self.padding,
-                                flip=self.flip)
+                                flip=self.flip, shard=self.shard)
         self.index += 1
         return out
