@@ -325,8 +325,9 @@ def _datasets(exp: Experiment) -> list[DatasetPlan]:
     return plans
 
 
-def _open_datasets(exp: Experiment, plans: list[DatasetPlan]) -> None:
-    """Open every split (each adapter checks its data root before it reads anything), then fingerprint them."""
+def _open_datasets(exp: Experiment, plans: list[DatasetPlan], memo_dir: Path | None = None) -> None:
+    """Open every split (each adapter checks its data root before it reads anything), then fingerprint them (file
+    contents, their digests memoised under ``memo_dir``)."""
     from sslbench.datasets.fingerprint import data_fingerprint
 
     for spec, plan in zip(exp.datasets, plans):
@@ -344,7 +345,7 @@ def _open_datasets(exp: Experiment, plans: list[DatasetPlan]) -> None:
         plan.image_size = plan.pretext_data.image_size
     for plan in plans:
         for role in ("pretext", "probe", "eval"):
-            plan.fingerprints[role] = data_fingerprint(plan.splits[role])
+            plan.fingerprints[role] = data_fingerprint(plan.splits[role], memo_dir)
 
 
 def _use_decoded_cache(datasets: list[DatasetPlan], root: Path) -> None:
@@ -425,7 +426,7 @@ def resolve_plan(exp: Experiment, cache_dir: Path) -> RunPlan:
     datasets = _datasets(exp)
     for dataset in datasets:
         _check_compatible(variants, protocols, dataset.name, getattr(dataset.cls, "provides", ()))
-    _open_datasets(exp, datasets)
+    _open_datasets(exp, datasets, Path(cache_dir) / "fingerprints")
     if exp.decoded_cache:
         _use_decoded_cache(datasets, Path(cache_dir) / "decoded")
     for dataset in datasets:

@@ -14,8 +14,8 @@ Items are then memmap slices, and DataLoader workers share the pages through the
 the one the adapter returns (same values, dtype, shape and layout): the wrapper changes speed, never data, so it
 leaves every checkpoint and record hash as it is.
 
-**The key** hashes the split's data fingerprint (:func:`~sslbench.datasets.fingerprint.data_fingerprint`: its file
-list with sizes and modification times, and its description, which holds the image size, the split, the subset and
+**The key** hashes the split's data fingerprint (:func:`~sslbench.datasets.fingerprint.data_fingerprint`: its files'
+paths, sizes and content digests, and its description, which holds the image size, the split, the subset and
 the bad-image options), the image size and the bad-image policy once more, and the identity of the code that decodes
 (the source of the adapter's modules, ``transforms.py`` and ``bad_images.py``, and Pillow's version). An edited or
 replaced file, another size or policy, or a change to the resize code gives another key: a stale cache is never

@@ -5,6 +5,7 @@ Items keep only the keys every part provides (STL-10's unlabeled images have no 
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from torch.utils.data import ConcatDataset
@@ -47,10 +48,10 @@ class JoinedSplits(ImageDataset):
         item = self._joined[index]
         return {k: v for k, v in item.items() if k in self._keys}
 
-    def fingerprint(self) -> str:
+    def fingerprint(self, memo_dir: str | os.PathLike[str] | None = None) -> str:
         from sslbench.datasets.fingerprint import data_fingerprint
 
-        return "+".join(data_fingerprint(part) for part in self.parts)
+        return "+".join(data_fingerprint(part, memo_dir) for part in self.parts)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "parts": [p.describe() for p in self.parts]}
