@@ -79,9 +79,17 @@ class LogMeter:
     def __bool__(self) -> bool:
         return bool(self._counts)
 
-    def means(self) -> dict[str, float]:
-        """The mean of each key since the last :meth:`clear` (reads the device once per key)."""
-        return {key: float(total) / self._counts[key] for key, total in self._sums.items()}
+    def means(self, runtime: Runtime | None = None) -> dict[str, float]:
+        """The mean of each key since the last :meth:`clear` (reads the device once per key).
+
+        Under ``torchrun`` (``runtime`` given), the mean over processes of each process's mean: every process holds
+        an equal chunk of the global batch, so that is the value one process would log for the whole batch (rank 0's
+        own mean alone describes half the images). Every process must call it at the same step."""
+        local = {key: float(total) / self._counts[key] for key, total in self._sums.items()}
+        if runtime is None or not runtime.distributed or not local:
+            return local
+        values = torch.tensor(list(local.values()), dtype=torch.float64, device=runtime.device)
+        return dict(zip(local, (runtime.all_reduce_sum(values) / runtime.world_size).tolist()))
 
     def clear(self) -> None:
         self._sums.clear()
@@ -244,7 +252,7 @@ def fit(step: Callable[[Batch], Any], epoch_batches: Callable[[int], Iterable[Ba
                 state.step += 1
                 fields: dict[str, float] = {}
                 if state.step % log_every == 0 or state.step == total:
-                    means = window.means()
+                    means = window.means(runtime)
                     window.clear()
                     state.history.append({"step": state.step, **means})
                     fields = {k: v for k, v in means.items() if k.startswith("loss")}
@@ -258,7 +266,7 @@ def fit(step: Callable[[Batch], Any], epoch_batches: Callable[[int], Iterable[Ba
                 raise UsageError(empty_epoch or f"{description}: epoch {state.epoch} has no batch of at least "
                                                 f"{min_batch} sample(s); use more data or a larger batch size")
             if epoch_means:
-                state.epoch_means.append(epoch_meter.means())
+                state.epoch_means.append(epoch_meter.means(runtime))
                 epoch_meter.clear()
             state.epoch += 1
     state.wall_s = state.elapsed()

@@ -253,14 +253,16 @@ def print_plan(plan: Any, force: bool, write: Any = print) -> None:
 
 
 class _Log:
-    """Messages to the console and to ``<out>/run.log``."""
+    """Messages to the console and to ``<out>/run.log`` (neither when ``console`` is None and ``path`` is None: the
+    other processes of a ``torchrun`` job, whose rank 0 says it all)."""
 
     def __init__(self, console: Any, path: Path | None) -> None:
         self.console = console
         self.path = path
 
     def __call__(self, message: str, style: str = "") -> None:
-        self.console.print(f"[{style}]{message}[/]" if style else message, highlight=False, markup=bool(style),
+        if self.console is not None:
+            self.console.print(f"[{style}]{message}[/]" if style else message, highlight=False, markup=bool(style),
                            soft_wrap=True)
         self.to_file(message)
 
@@ -302,7 +304,8 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise UsageError(f"--out {plan.out}: cannot create it ({exc.strerror or exc}); choose a writable folder") \
             from exc
-    log = _Log(console, plan.out / "run.log" if os.environ.get("RANK", "0") == "0" else None)
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports and writes
+    log = _Log(console, plan.out / "run.log") if main_process else _Log(None, None)
     log(f"sslbench run: {' '.join(sys.argv)}")
     print_plan(plan, args.force, write=log)
     started = time.time()
@@ -316,7 +319,7 @@ def main(args: argparse.Namespace) -> int:
         log(f"{status} {record['variant']} × {record['protocol']} seed {record['seed']}{detail}", style)
 
     def save_manifest(outcome: Any = None, error: str | None = None) -> None:
-        if os.environ.get("RANK", "0") != "0":
+        if not main_process:
             return
         finished = time.time()
         manifest.update(finished=finished, wall_s=finished - started, error=error)
@@ -334,7 +337,6 @@ def main(args: argparse.Namespace) -> int:
         if not child and (args.jobs > 1 or args.launcher == "submitit"):
             outcome = _launch(args, plan, log)
         else:
-            main_process = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports progress
             with Progress(enabled=not args.quiet and main_process, console=console, every=args.progress_every,
                           record=log.to_file) as progress:
                 outcome = run(plan, force=args.force, wait=not args.no_wait, progress=progress, on_record=report,
@@ -350,11 +352,11 @@ def main(args: argparse.Namespace) -> int:
         f"{', '.join(outcome.trained) or 'none'}; reused checkpoints: {', '.join(outcome.reused) or 'none'}"
         + (f"; left for a later run: {', '.join(outcome.deferred)}" if outcome.deferred else "")
         + f"; records in {plan.out}")
-    if os.environ.get("RANK", "0") == "0" and outcome.records:
+    if main_process and outcome.records:
         from sslbench.tables import make_table
 
         atomic_write_bytes(plan.out / "table.md", (make_table(outcome.records, "md") + "\n").encode())
-    print_records_table(outcome.records, Console())
+        print_records_table(outcome.records, Console())
     if outcome.missing:
         log(f"{len(outcome.missing)} record(s) missing, their jobs died without writing them (see the job logs): "
             + ", ".join(outcome.missing), "red")
