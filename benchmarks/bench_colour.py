@@ -33,7 +33,6 @@ import dataclasses
 import functools
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -41,9 +40,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchcommon import data_root  # first: it puts the repository on sys.path
 
 import torch
 from PIL import Image
@@ -52,10 +49,6 @@ from sslbench.colour import ABBins, ab_bins_from_gamut, rgb_uint8_to_lab, soft_e
 
 K, SIGMA = 10, 5.0
 
-
-def data_root() -> Path:
-    env = os.environ.get("SSLBENCH_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
 @dataclasses.dataclass

@@ -23,16 +23,13 @@ import argparse
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchcommon import data_root, load_average  # first: it puts the repository on sys.path
 
 import torch
 
@@ -40,10 +37,6 @@ from sslbench.datasets import create_dataset
 from sslbench.datasets.decoded_cache import DecodedSplit
 from sslbench.runtime import Runtime
 
-
-def default_data_root() -> Path:
-    env = os.environ.get("SSLBENCH_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
 @dataclass
@@ -104,7 +97,7 @@ def results_table(rows: list[Row]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-root", type=Path, default=default_data_root(),
+    parser.add_argument("--data-root", type=Path, default=data_root(),
                         help="folder holding cifar10/ and camvid/ (default: $SSLBENCH_DATA or ../shared/data)")
     parser.add_argument("--cifar-images", type=int, default=5000, help="CIFAR-10 train images (default 5000)")
     parser.add_argument("--camvid-images", type=int, default=None, help="CamVid train frames (default: all 367)")
@@ -134,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.cache_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
-    load = ", ".join(f"{v:.2f}" for v in os.getloadavg())
+    load = load_average()
     print(f"one epoch, batch {args.batch_size}, median of {args.repeats}; torch threads {torch.get_num_threads()}; "
           f"{os.cpu_count()} CPUs; load average {load}")
     print(results_table(rows))

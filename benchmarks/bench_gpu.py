@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchcommon import load_average  # first: it puts the repository on sys.path
 
 import torch  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{pretext} {setting}: {rates[setting]:.1f} img/s", file=sys.stderr, flush=True)
             rows.append((pretext, rates))
     print(f"\n{name}, {args.encoder}, {args.image_size}x{args.image_size}, batch {args.batch_size}, {args.steps} "
-          f"steps after {args.warmup}; torch {torch.__version__}; load average {os.getloadavg()[0]:.2f}\n")
+          f"steps after {args.warmup}; torch {torch.__version__}; load average {load_average()}\n")
     print("| pretext | " + " | ".join(f"{s} (images/s)" for s in settings) + " | speed-up over fp32 |")
     print("|---|" + "---:|" * (len(settings) + 1))
     for pretext, rates in rows:

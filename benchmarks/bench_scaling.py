@@ -28,14 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if __name__ == "__main__" and str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchcommon import data_root, load_average  # first: it puts the repository on sys.path
 
-
-def default_data_root() -> Path:
-    env = os.environ.get("SSLBENCH_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -110,7 +104,7 @@ def measure(args: argparse.Namespace, nproc: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, default=default_data_root())
+    parser.add_argument("--data-root", type=Path, default=data_root())
     parser.add_argument("--pretext", default="regression")
     parser.add_argument("--nproc", type=int, default=2, help="processes of the torchrun row")
     parser.add_argument("--images", type=int, default=5000, help="CIFAR-10 training images the loader draws from")
@@ -127,14 +121,13 @@ def main() -> None:
     if args.batch_size % args.nproc:
         raise SystemExit(f"--batch-size {args.batch_size} must be a multiple of --nproc {args.nproc}")
     rows = [measure(args, 1), measure(args, args.nproc)]
-    load = os.getloadavg()
     print(f"pretext {args.pretext} on vgg_small, CIFAR-10 32x32, global batch {args.batch_size}, {args.steps} timed "
           f"steps, {args.threads} threads in all")
     print("| processes | images/s | speed-up |")
     print("|---:|---:|---:|")
     for row in rows:
         print(f"| {row['processes']} | {row['images_per_s']:,.1f} | {row['images_per_s'] / rows[0]['images_per_s']:.2f}x |")
-    print(f"load average: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (1, 5, 15 min)")
+    print(f"load average: {load_average()} (1, 5, 15 min)")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ Real images come from ``$SSLBENCH_DATA`` or ``../shared/data`` beside the reposi
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -30,9 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from benchcommon import data_root, load_average  # first: it puts the repository on sys.path
 
 import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
@@ -46,10 +43,6 @@ from sslbench.runtime import Runtime, seed_everything  # noqa: E402
 
 DEFAULT_PRETEXTS = "regression,quantized,hypercolumn,splitbrain,cgan,supervised"
 
-
-def data_root() -> Path:
-    env = os.environ.get("SSLBENCH_DATA")
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
 def plan_for(pretexts: list[str], subset: int, batch_size: int, steps: int, cache: Path) -> RunPlan:
@@ -173,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     pretexts = [p.strip() for p in args.pretexts.split(",") if p.strip()]
-    load_before = os.getloadavg()
+    load_before = load_average()
     rows = []
     with tempfile.TemporaryDirectory(prefix="sslbench-bench-train-") as tmp:
         cache = Path(tmp)
@@ -187,10 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             h, b = statistics.median(harness), statistics.median(bare)
             rows.append((unit.variant.name, h, b, 1 - h / b))
             print(f"{unit.variant.name}: harness {h:.1f} img/s, bare {b:.1f} img/s", file=sys.stderr, flush=True)
-    load_after = os.getloadavg()
+    load_after = load_average()
     print(f"\nCIFAR-10 32x32, vgg_small, batch {args.batch_size}, {args.steps} timed steps after {args.warmup}, "
           f"median of {args.repeats}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f}\n")
+          f"load average before {load_before}, after {load_after}\n")
     print("| pretext | harness (images/s) | bare loop (images/s) | harness overhead |")
     print("|---|---:|---:|---:|")
     for name, h, b, overhead in rows:

@@ -116,6 +116,8 @@ def test_a_byte_identical_copy_has_the_same_fingerprint_and_checkpoint_hash(shar
     for i, path in enumerate(_files(second)):
         os.utime(path, ns=(10**18 + i, 10**18 + i))
     assert {p.stat().st_mtime_ns for p in _files(first)}.isdisjoint(p.stat().st_mtime_ns for p in _files(second))
+    _settle(first)  # files changed moments ago are not memoised: wait until both copies may be
+    _settle(second)
 
     def plan(root: Path):
         exp = Experiment(variants=[VariantSpec("regression", "regression")],
