@@ -65,19 +65,17 @@ def harness_images_per_s(unit: Unit, runtime: Runtime, batch_size: int, steps: i
     pretext = fresh_pretext(unit)
     store = CheckpointStore(cache / f"harness-{time.monotonic_ns()}", unit.variant.pretext, unit.checkpoint_hash)
     stamps: list[float] = []
-    step_fn = type(pretext).training_step
 
-    def timed_step(self: Any, batch: dict[str, torch.Tensor], rt: Runtime) -> Any:
-        logs = step_fn(self, batch, rt)
+    def stamp(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Called by the loop on every batch once it is on the device, just before its step: the time between two
+        calls is one whole iteration (the step, then loading and moving the next batch)."""
         stamps.append(time.perf_counter())
-        return logs
+        return batch
 
-    # Time stamps after each step, so the data-dependent ``prepare`` pass before the first step is left out.
-    pretext.training_step = timed_step.__get__(pretext)
-    train_pretext(pretext, unit.train_split_data, runtime, TrainBudget(steps=warmup + steps, batch_size=batch_size),
-                  store, unit.seed, Progress.disabled(), checkpoint_every=200)
+    # Stamps start at the first step, so the data-dependent ``prepare`` pass before it is left out.
+    train_pretext(pretext, unit.train_split_data, runtime, TrainBudget(steps=warmup + steps + 1, batch_size=batch_size),
+                  store, unit.seed, Progress.disabled(), checkpoint_every=200, batch_transform=stamp)
     timed = stamps[warmup:]
-    # A step's end stamp is taken inside the loop; data loading of the next batch falls between stamps, as it must.
     return batch_size * (len(timed) - 1) / (timed[-1] - timed[0])
 
 
