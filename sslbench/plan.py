@@ -395,8 +395,10 @@ def _run_config(exp: Experiment, dataset: DatasetPlan, encoder: EncoderPlan, var
 def build_pretext(variant: VariantPlan, encoder: EncoderPlan, run_config: dict[str, Any]) -> Any:
     """A fresh pretext of ``variant`` on ``encoder`` for the data ``run_config`` describes.
 
-    A :class:`UsageError` the plugin raises stays one (a bad option value); any other exception is a bug or an
-    unsupported combination and becomes an :class:`SslbenchError` naming the plugin's origin (exit 1, not 2)."""
+    A :class:`UsageError` the plugin raises stays one, and so does a ``ValueError``: the way pretexts and encoder
+    factories refuse an option value or a combination (cGAN image sides not a multiple of its stride, an unknown
+    ``unet`` norm), which the user fixes by changing an option (exit 2, before any work). Any other exception is a bug
+    and becomes an :class:`SslbenchError` naming the plugin's origin (exit 1)."""
     from sslbench.pretext import DataInfo, EncoderSpec
 
     size = run_config["image_size"]
@@ -407,6 +409,9 @@ def build_pretext(variant: VariantPlan, encoder: EncoderPlan, run_config: dict[s
         return variant.pretext_cls(variant.config, spec, info)
     except SslbenchError:
         raise
+    except ValueError as exc:
+        raise UsageError(f"pretext {variant.pretext!r} (variant {variant.name!r}) on encoder {encoder.name!r}: "
+                         f"{exc}") from exc
     except Exception as exc:
         raise SslbenchError(
             f"cannot build pretext {variant.pretext!r} (variant {variant.name!r}) on encoder {encoder.name!r} with "

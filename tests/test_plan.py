@@ -327,3 +327,20 @@ def test_variants_that_differ_only_at_inference_share_a_checkpoint(tmp_path):
     assert units["quantized-norebal"].checkpoint_hash != units["quantized"].checkpoint_hash
     assert units["quantized-T1"].evaluations[0].hash != units["quantized"].evaluations[0].hash
     assert units["quantized-T1"].evaluations[0].config["inference_options"] == {"temperature": 1.0}
+
+
+def test_a_plugin_refusing_an_option_value_is_a_usage_error_before_any_work(tmp_path, capsys):
+    """Pretexts and encoder factories refuse values with ValueError in their constructors (the cGAN's ab_scale,
+    unet's norm): the run stops with exit 2 and the plugin's own message while the plan resolves, before a
+    checkpoint or record exists."""
+    from sslbench.cli import main
+
+    common = ["run", "--protocol", "linear", "--subset", "32", "--eval-subset", "16", "--out", str(tmp_path / "runs"),
+              "--cache-dir", str(tmp_path / "cache")]
+    assert main(common + ["--pretext", "cgan", "--set", "cgan.ab_scale=-1"]) == 2
+    err = capsys.readouterr().err
+    assert "pretext 'cgan'" in err and "ab_scale must be > 0" in err and "Traceback" not in err
+    assert main(common + ["--pretext", "regression", "--encoder", "unet", "--set", "encoder.norm=bad"]) == 2
+    assert "norm must be one of" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("*.json"))
+    assert not (tmp_path / "cache" / "checkpoints").exists()
