@@ -18,9 +18,10 @@ What a table refuses to hide:
   rebalance=false``), taken from the records' ``variant_options``.
 
 Rows: reference rows of the colorization protocols first with ``layout="rows"`` (ground truth, gray: Zhang et al.
-2016, Table 1), then the variants (``random`` first, ``supervised`` last, the rest in natural order), then any
+2016, Table 1), then the variants (scratch baselines first: variants of ``random`` and ``untrained``;
+variants of ``supervised`` last; the rest in natural order), then any
 published rows (:mod:`sslbench.published`, in their own block below a rule, italic). Best and second best per
-column (bold, underlined) are ranked among the pretexts only: ``random`` and ``supervised`` are bounds, and
+column (bold, underlined) are ranked among the pretexts only: the scratch and supervised rows are bounds, and
 published rows come from other data. Every metric is higher-is-better unless its name ends in one of
 :data:`LOWER_IS_BETTER`.
 
@@ -51,8 +52,9 @@ HIDDEN_LEAVES = frozenset({"dims", "val_top1"})
 HIDDEN_ROOTS = frozenset({"train", "judge"})
 #: Metric leaves where a lower number is better (none yet; errors or distances would go here).
 LOWER_IS_BETTER: frozenset[str] = frozenset()
-#: Rows that bound a comparison: listed first / last, never ranked.
-BOUNDS = {"random": 0, "supervised": 2}
+#: Pretexts whose variants bound a comparison (scratch baselines below, the supervised bound above): their rows are
+#: listed first / last and never ranked, whatever the variant is called.
+BOUNDS = {"random": 0, "untrained": 0, "supervised": 2}
 #: Metric leaves in percent and in decibels; SSIM and colourfulness are plain numbers.
 PERCENT_LEAVES = frozenset({"top1", "val_top1", "map", "miou", "auc", "auc_rebal", "exact_match", "pixel_acc", "ap",
                             "iou"})
@@ -112,6 +114,8 @@ class Row:
     dataset: str
     encoder: str
     name: str
+    #: For variant rows: 0 a scratch baseline, 2 the supervised bound, 1 a pretext (ranked).
+    bound: int = 1
 
     @property
     def label(self) -> str:
@@ -418,9 +422,9 @@ def _interval(observations: list[_Obs], cache: _PerImageCache, warnings: list[st
 # Building the table
 
 
-def _variant_order(name: str) -> tuple[int, list[Any]]:
-    """The lower bound first, the upper bound last, the rest in natural order."""
-    return (BOUNDS.get(name, 1), natural_key(name))
+def _variant_order(name: str, pretext: str) -> tuple[int, list[Any]]:
+    """Scratch baselines first, the supervised bound last, the rest in natural order of the variant's name."""
+    return (BOUNDS.get(pretext, 1), natural_key(name))
 
 
 def _metric_order(metric: str) -> tuple[int, list[Any]]:
@@ -449,13 +453,14 @@ def _option_text(options: dict[str, Any]) -> str:
 
 def _variant_notes(runs: list[_Run]) -> list[str]:
     described: dict[str, set[str]] = {}
+    pretexts = {run.variant: run.pretext for run in runs}
     for run in runs:
         if run.options or run.variant != run.pretext:
             text = (f"{run.pretext} with {_option_text(run.options)}" if run.options
                     else f"{run.pretext} with its default options")
             described.setdefault(run.variant, set()).add(text)
     return [f"{variant}: {' | '.join(sorted(texts))}"
-            for variant, texts in sorted(described.items(), key=lambda kv: _variant_order(kv[0]))]
+            for variant, texts in sorted(described.items(), key=lambda kv: _variant_order(kv[0], pretexts[kv[0]]))]
 
 
 def _rank(table: Table) -> None:
@@ -465,7 +470,7 @@ def _rank(table: Table) -> None:
         blocks: dict[tuple[str, str], list[tuple[float, Row]]] = {}
         for row in table.rows:
             stat = table.cells.get((row, column))
-            if (row.kind != "variant" or row.name in BOUNDS or stat is None or stat.mean is None
+            if (row.kind != "variant" or row.bound != 1 or stat is None or stat.mean is None
                     or stat.status != "ok"):
                 continue
             value = round(stat.mean, _digits(column.leaf, table.digits))
@@ -569,8 +574,9 @@ def _fill(rows: list[Row], columns: list[Column], groups: dict[GroupKey, list[_R
                     cells[(row, column)], observations[(row, column)] = stat, obs
             if any(key[0] == row for key in cells):
                 rows.append(row)
-        for variant in sorted({v for d, e, v, _ in groups if (d, e) == (dataset, encoder)}, key=_variant_order):
-            row = Row("variant", dataset, encoder, variant)
+        pretexts = {v: rs[0].pretext for (d, e, v, _), rs in groups.items() if (d, e) == (dataset, encoder) and rs}
+        for variant in sorted(pretexts, key=lambda v: _variant_order(v, pretexts[v])):
+            row = Row("variant", dataset, encoder, variant, BOUNDS.get(pretexts[variant], 1))
             rows.append(row)
             for column in columns:
                 key = (dataset, encoder, variant, column.protocol)
@@ -683,9 +689,9 @@ def _notes(table: Table, runs: list[_Run]) -> list[str]:
         notes.append("Units: " + "; ".join(units) + ".")
     if table.ranks:
         lower = sorted(leaves & LOWER_IS_BETTER)
-        notes.append("Bold: best, underlined: second best per column among the pretexts (random and supervised "
-                     "are bounds, not ranked)" + (f"; lower is better for {', '.join(lower)}" if lower else "")
-                     + ".")
+        lower_note = f"; lower is better for {', '.join(lower)}" if lower else ""
+        notes.append("Bold: best, underlined: second best per column among the pretexts (scratch baselines and "
+                     f"the supervised bound are not ranked){lower_note}.")
     if any(s.no_ci for s in table.cells.values()):
         notes.append("†: no per-image values recorded for this cell; no interval.")
     statuses = {s.status for s in table.cells.values()}

@@ -212,6 +212,19 @@ def test_rows_are_variants_bounds_first_and_last_with_their_options():
     assert "quantized: quantized" not in md
 
 
+def test_bounds_follow_the_pretext_not_the_variant_name():
+    """A scratch baseline named otherwise (``scratch-unet``, pretext ``untrained``) sits with ``random`` and is not
+    ranked, however high it scores; a pretext variant called ``random-ish`` is ranked like any other."""
+    records = [_record(v, "linear", 0, {"best/top1": t}, pretext=p) for v, p, t in [
+        ("scratch-unet", "untrained", 99.0), ("random", None, 10.0), ("random-ish", "quantized", 50.0),
+        ("b", "regression", 40.0), ("c", "cgan", 30.0), ("sup", "supervised", 95.0)]]
+    md = make_table(records)
+    order = [line.split(" | ")[0].lstrip("| ") for line in md.splitlines()[2:8]]
+    assert order == ["random", "scratch-unet", "b", "c", "random-ish", "sup"]
+    assert _md_row(md, "scratch-unet")[1] == "99.0" and _md_row(md, "sup")[1] == "95.0"
+    assert _md_row(md, "random-ish")[1] == "**50.0**" and _md_row(md, "b")[1] == "<u>40.0</u>"
+
+
 def test_best_bold_second_underlined_among_pretexts():
     records = [_record(v, "linear", 0, {"best/top1": t, "layer/stage1/top1": s}) for v, t, s in [
         ("random", 99.0, 1.0), ("a", 60.0, 30.0), ("b", 70.0, 30.0), ("c", 65.0, 20.0), ("supervised", 95.0, 50.0)]]
