@@ -286,9 +286,13 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
         start = time.perf_counter()
         try:
             metrics = protocol.evaluate(pretext, data, runtime, progress)
+        except (UsageError, DiskFullError):
+            raise  # not this protocol's failure: every later one would meet it too
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise _disk_full(exc, plan.cache_dir) from exc
+            raise
         except (SslbenchError, RuntimeError, ValueError) as exc:
-            if isinstance(exc, UsageError):
-                raise
             writer.write(evaluation, "failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
             continue
         writer.write(evaluation, "ok", metrics=metrics, train=train_info,

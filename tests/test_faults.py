@@ -110,6 +110,36 @@ def test_a_cache_without_room_for_the_checkpoint_fails_before_training(tmp_path,
     assert not list(tiny_filesystem.rglob("*.pt"))
 
 
+def test_a_decoded_cache_without_room_stops_the_run_before_decoding_and_names_the_way_out(tmp_path, shared_data,
+                                                                                          tiny_filesystem):
+    """CamVid's decoded cache (about 10 MB at 72x96) on a 512 KiB tmpfs: before, the build's memmap writes hit the
+    full file system and the process died of SIGBUS (exit 135, no message). Now the run stops with exit 1 before
+    decoding, naming the size, the free space and --decoded-cache off, and leaves neither a record nor a half-built
+    cache behind."""
+    result = subprocess.run([sys.executable, "-m", "sslbench", "run", "--pretext", "random", "--protocol",
+                             "finetune_seg", "--dataset", "camvid", "--data-root", str(shared_data / "camvid"),
+                             "--image-size", "72,96", "--out", str(tmp_path / "runs"), "--cache-dir",
+                             str(tiny_filesystem), "--quiet"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr
+    assert "decoded-image cache of 'camvid' needs about" in result.stderr and "--decoded-cache off" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "runs").rglob("*__seed*.json"))  # the manifest says what failed; no record
+    assert not list((tiny_filesystem / "decoded").iterdir())
+
+
+def test_reserving_a_cache_shard_on_a_full_disk_is_enospc_not_sigbus(tiny_filesystem):
+    """The shard files are reserved with posix_fallocate, so running out of space is an OSError to handle, not a
+    SIGBUS in the middle of writing a memmap."""
+    from sslbench.datasets.decoded_cache import _reserve
+
+    shard = tiny_filesystem / "image-00000.npy"
+    with open(shard, "wb") as handle:
+        handle.truncate(2**20)  # sparse: 1 MiB on a 512 KiB file system
+    with pytest.raises(OSError) as info:
+        _reserve(shard)
+    assert info.value.errno == errno.ENOSPC
+
+
 def test_a_full_disk_is_named_with_its_free_space_and_keeps_the_old_file(tiny_filesystem):
     kept = tiny_filesystem / "final.json"
     atomic_write_bytes(kept, b'{"old": true}')

@@ -39,6 +39,7 @@ Splits that hold pixel arrays already (pickled CIFAR-10, STL-10), generated data
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import inspect
 import json
@@ -56,7 +57,7 @@ import torch
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from sslbench.datasets.bad_images import BadImage, BadImageError, BadImageWarning, count_by_kind
-from sslbench.errors import DataError
+from sslbench.errors import DataError, DiskFullError
 
 __all__ = ["DecodedSplit", "use_decoded_cache", "materialize_decoded", "cache_key", "is_cacheable",
            "CACHE_FORMAT", "SHARD_BYTES"]
@@ -226,11 +227,15 @@ class _Shards:
         return self._open[key]
 
     def create(self) -> None:
+        """Create every shard file at its full size with its blocks reserved (``posix_fallocate``): a memmap written
+        onto a file system that runs out of space is killed by SIGBUS, so a full disk must show here, as ENOSPC."""
         for name, spec in self.schema.items():
             for shard in range(-(-self.n // self.per_shard)):
                 count = min(self.per_shard, self.n - shard * self.per_shard)
-                np.lib.format.open_memmap(_shard_file(self.folder, name, shard), mode="w+",
-                                          dtype=np.dtype(spec["store"]), shape=(count, *spec["shape"])).flush()
+                path = _shard_file(self.folder, name, shard)
+                np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(spec["store"]),
+                                          shape=(count, *spec["shape"])).flush()
+                _reserve(path)
 
     def write(self, index: int, stored: dict[str, Any]) -> None:
         shard, offset = divmod(index, self.per_shard)
@@ -249,6 +254,17 @@ class _Shards:
     def close(self) -> None:
         self.flush()
         self._open.clear()
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the blocks of ``path`` (sparse after ``open_memmap``); file systems without fallocate are left as
+    they are, and ENOSPC propagates."""
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
 
 
 # -- building --------------------------------------------------------------------------------------------------------
@@ -325,8 +341,14 @@ def _build(dataset: Any, folder: Path, key_fields: dict[str, Any], workers: int)
         item_bytes = sum(int(np.prod(s["shape"], dtype=np.int64)) * np.dtype(s["store"]).itemsize
                          for s in schema.values())
         per_shard = max(1, min(n, SHARD_BYTES // max(1, item_bytes)))
+        _check_room(dataset, tmp, n * item_bytes)
         shards = _Shards(tmp, schema, n, per_shard, mode="r+")
-        shards.create()
+        try:
+            shards.create()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            _check_room(dataset, tmp, n * item_bytes, full=True)
         where = f"dataset {dataset.name!r} item {start}"
         shards.write(start, {k: _to_stored(k, v, schema[k], where) for k, v in first.items()})
         rest = range(start + 1, n)
@@ -356,6 +378,16 @@ def _build(dataset: Any, folder: Path, key_fields: dict[str, Any], workers: int)
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_room(dataset: Any, tmp: Path, needed: int, full: bool = False) -> None:
+    """Refuse a build that cannot fit, before any image is decoded (``full``: the reservation just failed)."""
+    free = shutil.disk_usage(tmp).free
+    if full or free < needed:
+        raise DiskFullError(
+            f"the decoded-image cache of {dataset.name!r} needs about {needed / 2**20:.0f} MB at {tmp.parent} but "
+            f"only {free / 2**20:.0f} MB are free; free some space, point --cache-dir elsewhere, or run with "
+            "--decoded-cache off (PIL decodes every epoch instead)")
 
 
 def _raise_all_bad(dataset: Any, bad: list[BadImage]) -> None:
