@@ -67,10 +67,10 @@ from torch.nn import functional as F
 
 from sslbench.encoders.base import Encoder
 from sslbench.errors import UsageError
-from sslbench.pretext import DataInfo, EncoderSpec, Pretext, Representation, images_to_rgb
+from sslbench.pretext import DataInfo, EncoderRepresentation, EncoderSpec, Pretext, images_to_rgb
 from sslbench.registry import register_pretext
 
-__all__ = ["Jigsaw", "JigsawConfig", "Puzzles", "StandardizedRGBRepresentation", "permutation_set", "grid_geometry",
+__all__ = ["Jigsaw", "JigsawConfig", "Puzzles", "permutation_set", "grid_geometry",
            "cut_tiles", "sample_puzzles", "standardize", "GRID", "TILES"]
 
 #: The puzzle is GRID x GRID tiles (the paper's 3 x 3).
@@ -221,18 +221,6 @@ def sample_puzzles(rgb: torch.Tensor, permutations: torch.Tensor, config: Jigsaw
 
 
 # -- the network ----------------------------------------------------------------------------------------------------
-class StandardizedRGBRepresentation(Representation):
-    """RGB in [0, 1] -> the encoder on each image standardised (as the tiles were); the encoder's own taps."""
-
-    def __init__(self, encoder: Encoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.taps = tuple(encoder.taps)
-
-    def forward(self, rgb: torch.Tensor) -> list[torch.Tensor]:
-        return self.encoder(standardize(rgb))
-
-
 class JigsawHead(nn.Module):
     """The CFN's fully connected part: a shared per-tile layer (fc6), then two layers on the 9 concatenated tiles."""
 
@@ -323,5 +311,6 @@ class Jigsaw(Pretext):
         accuracy = (logits.argmax(1) == puzzles.labels).float().mean()
         return loss, {"train_top1": accuracy}
 
-    def representation(self) -> StandardizedRGBRepresentation:
-        return StandardizedRGBRepresentation(self.encoder)
+    def representation(self) -> EncoderRepresentation:
+        """The encoder on each whole image standardised as the tiles were."""
+        return EncoderRepresentation(self.encoder, standardize)

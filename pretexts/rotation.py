@@ -34,12 +34,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sslbench.encoders.base import Encoder
 from sslbench.errors import UsageError
-from sslbench.pretext import DataInfo, EncoderSpec, Pretext, Representation, images_to_rgb
+from sslbench.pretext import DataInfo, EncoderRepresentation, EncoderSpec, Pretext, images_to_rgb
 from sslbench.registry import register_pretext
 
-__all__ = ["Rotation", "RotationConfig", "RGBRepresentation", "rotate_batch", "normalize_rgb", "ROTATIONS"]
+__all__ = ["Rotation", "RotationConfig", "rotate_batch", "normalize_rgb", "ROTATIONS"]
 
 #: The number of rotations, 0°, 90°, 180° and 270°: the classes of the task.
 ROTATIONS = 4
@@ -69,18 +68,6 @@ def rotate_batch(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rotated = torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(ROTATIONS)])
     targets = torch.arange(ROTATIONS, device=images.device).repeat_interleave(images.shape[0])
     return rotated, targets
-
-
-class RGBRepresentation(Representation):
-    """RGB in [0, 1] -> the encoder on ``normalize_rgb(rgb)``; the encoder's own taps."""
-
-    def __init__(self, encoder: Encoder) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.taps = tuple(encoder.taps)
-
-    def forward(self, rgb: torch.Tensor) -> list[torch.Tensor]:
-        return self.encoder(normalize_rgb(rgb))
 
 
 class RotationHead(nn.Module):
@@ -127,5 +114,5 @@ class Rotation(Pretext):
         accuracy = (logits.argmax(1) == targets).float().mean()
         return loss, {"train_top1": accuracy}
 
-    def representation(self) -> RGBRepresentation:
-        return RGBRepresentation(self.encoder)
+    def representation(self) -> EncoderRepresentation:
+        return EncoderRepresentation(self.encoder, normalize_rgb)

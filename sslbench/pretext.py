@@ -13,7 +13,7 @@ in buffers of fixed shape or in ``get_extra_state``/``set_extra_state``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable
+from typing import Any, Callable, ClassVar, Iterable
 
 import torch
 from torch import nn
@@ -24,7 +24,8 @@ from sslbench.config import EmptyConfig
 from sslbench.encoders.base import Encoder, Tap
 from sslbench.runtime import Runtime
 
-__all__ = ["DataInfo", "EncoderSpec", "Pretext", "Representation", "LRepresentation", "images_to_rgb", "merge_l_ab"]
+__all__ = ["DataInfo", "EncoderSpec", "Pretext", "Representation", "EncoderRepresentation", "LRepresentation",
+           "images_to_rgb", "merge_l_ab"]
 
 
 @dataclass(frozen=True)
@@ -71,17 +72,29 @@ class Representation(nn.Module):
         raise NotImplementedError
 
 
-class LRepresentation(Representation):
-    """The common case: the encoder sees the normalised L channel of the image."""
+class EncoderRepresentation(Representation):
+    """The encoder on ``prepare(rgb)`` (what its pretext fed it in training), with the encoder's own taps."""
 
-    def __init__(self, encoder: Encoder) -> None:
+    def __init__(self, encoder: Encoder, prepare: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.encoder = encoder
+        self.prepare = prepare
         self.taps = tuple(encoder.taps)
 
     def forward(self, rgb: torch.Tensor) -> list[torch.Tensor]:
-        lightness = rgb_to_lab(rgb)[:, :1]
-        return self.encoder(normalize_l(lightness))
+        return self.encoder(self.prepare(rgb))
+
+
+def normalized_lightness(rgb: torch.Tensor) -> torch.Tensor:
+    """The normalised L channel (N, 1, H, W) of RGB in [0, 1]: what the colour pretexts' encoders see."""
+    return normalize_l(rgb_to_lab(rgb)[:, :1])
+
+
+class LRepresentation(EncoderRepresentation):
+    """The common case: the encoder sees the normalised L channel of the image."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        super().__init__(encoder, normalized_lightness)
 
 
 class Pretext(nn.Module):
