@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchcommon import data_root  # first: it puts the repository on sys.path
+from benchcommon import data_root, load_average  # first: it puts the repository on sys.path
 
 import torch
 from PIL import Image
@@ -280,9 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         check_softenc(ab, bins, sklearn_encoder, "torch")
         torch_path = functools.partial(softenc_sslbench, ab, bins, "torch")
         results[("soft-encoding, torch path", work.name)] = {"sslbench": work.count / _time(torch_path, args.repeats)}
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {load:.2f}; outputs checked equal\n")
+          f"load average {load_average()}; outputs checked equal\n")
     print(results_table(results))
     return 0
 
