@@ -194,6 +194,30 @@ def _remove_orphans(plan: RunPlan) -> None:
                 remove(folder)
 
 
+#: Seconds between two looks at a lock another job holds, for the ranks of a torchrun job waiting together.
+LOCK_POLL_S = 2.0
+
+
+def _take_lock(lock: Any, runtime: Any, *, wait: bool, on_wait: Callable[[Any], None]) -> bool:
+    """Take a unit's checkpoint lock: ``lock`` on the main process, None on the other ranks of a torchrun job.
+
+    One process waits in :meth:`CheckpointLock.acquire`. The ranks of a torchrun job instead meet at a short
+    collective every :data:`LOCK_POLL_S` seconds, taking rank 0's answer each time: one barrier held for the whole
+    wait (hours, while another job trains the checkpoint) would time out (30 minutes for gloo, 10 for NCCL), and
+    with ``--no-wait`` every rank moves on together."""
+    if not runtime.distributed:
+        return lock.acquire(wait=wait, on_wait=on_wait)
+    told = False
+    while True:
+        acquired = bool(runtime.agree(lock.acquire(wait=False) if lock is not None else None))
+        if acquired or not wait:
+            return acquired
+        if lock is not None and not told:
+            on_wait(lock.owner())
+            told = True
+        time.sleep(LOCK_POLL_S)
+
+
 def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outcome: RunOutcome, *, force: bool,
               wait: bool, progress: Any, on_record: RecordHook | None, say: Callable[[str], None]) -> None:
     from sslbench.locks import CheckpointLock
@@ -229,14 +253,12 @@ def _run_unit(plan: RunPlan, unit: Unit, runtime: Any, env: dict[str, Any], outc
                 summary = load_trained(pretext, store, runtime)
                 outcome.reused.append(unit.label)
             else:
-                # Under torchrun the main process holds the lock for all ranks, and they always wait together:
-                # every rank must take the same decision (train or reuse) after it.
+                # Under torchrun the main process holds the lock for all ranks, and every rank takes its decision.
                 lock = CheckpointLock(store.dir / "train.lock") if runtime.is_main else None
                 owner_note = lambda info: say(  # noqa: E731 - a one-line callback
                     f"waiting for {unit.label}: its checkpoint is being trained by pid {(info or {}).get('pid')} "
                     f"on {(info or {}).get('host')}; it will be reused when done")
-                acquired = lock is None or lock.acquire(wait=wait or runtime.distributed, on_wait=owner_note)
-                runtime.barrier()
+                acquired = _take_lock(lock, runtime, wait=wait, on_wait=owner_note)
                 if not acquired:
                     say(f"moving on: {unit.label} is being trained by another process (--no-wait); rerun later "
                         "to evaluate it")

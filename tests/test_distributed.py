@@ -428,3 +428,49 @@ def test_torchrun_finetune_seg_matches_one_process(shared_data: Path, tmp_path: 
         assert got["train"]["frozen_steps"] == expected["train"]["frozen_steps"] == 4
         assert got["train"]["unfrozen_steps"] == expected["train"]["unfrozen_steps"] == 4
     assert len(_checkpoints(two)) == 1
+
+
+@pytest.mark.slow
+def test_torchrun_waits_together_for_a_checkpoint_another_process_holds(shared_data: Path, tmp_path: Path) -> None:
+    """A torchrun job whose checkpoint lock another process holds: with --no-wait both ranks move on together (before,
+    torchrun ignored --no-wait and waited); without it they poll together (rank 0 looks at the lock, the others take
+    its answer at a short collective each time, instead of one barrier held for the whole wait, which gloo times out
+    after 30 minutes) and go on when the lock is released (here they train: the holder left no checkpoint)."""
+    import threading
+    import time
+
+    from sslbench.experiment import DatasetSpec, Experiment, VariantSpec
+    from sslbench.locks import CheckpointLock
+    from sslbench.plan import resolve_plan
+    from sslbench.runner import checkpoint_store
+
+    args = ["--pretext", "regression", "--protocol", "linear", "--dataset", "cifar10", "--data-root",
+            str(shared_data / "cifar10"), "--subset", "64", "--eval-subset", "32", "--steps", "2", "--batch-size",
+            "16", "--seeds", "0", "--device", "cpu", "--out", str(tmp_path / "runs"), "--cache-dir",
+            str(tmp_path / "cache")]
+    exp = Experiment(variants=[VariantSpec("regression", "regression")], protocols={"linear": {}},
+                     datasets=[DatasetSpec("cifar10", data_root=str(shared_data / "cifar10"), subset=64,
+                                           eval_subset=32)], out=tmp_path / "runs")
+    exp.budget.steps, exp.budget.batch_size = 2, 16
+    (unit,) = resolve_plan(exp, tmp_path / "cache").units
+    store = checkpoint_store(resolve_plan(exp, tmp_path / "cache"), unit)
+    lock = CheckpointLock(store.dir / "train.lock")
+    assert lock.acquire(wait=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sslbench",
+                "run", *args]
+    try:
+        moved_on = subprocess.run([*torchrun, "--no-wait"], env=env, capture_output=True, text=True, timeout=300)
+        assert moved_on.returncode == 0, moved_on.stderr[-3000:]
+        assert "moving on" in moved_on.stderr and not list((tmp_path / "runs").rglob("*__seed0.json"))
+
+        threading.Timer(8.0, lock.release).start()  # the other process "finishes" while the job waits
+        started = time.monotonic()
+        waited = subprocess.run(torchrun, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        lock.release()
+    assert waited.returncode == 0, waited.stderr[-3000:]
+    assert "waiting for regression seed 0" in waited.stderr and time.monotonic() - started >= 8.0
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("regression__linear__seed0.json")]
+    assert record["status"] == "ok" and record["env"]["world_size"] == 2
+    assert len(list((tmp_path / "cache").rglob("final.pt"))) == 1
