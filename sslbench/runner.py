@@ -176,12 +176,18 @@ def collect(plan: RunPlan) -> RunOutcome:
 
 def _check_eval_splits(plan: RunPlan) -> None:
     """Read every evaluation image before any training, so a broken file stops the run now, naming every bad file,
-    instead of after hours of training."""
+    instead of after hours of training. A split read through its decoded-image cache is checked by building the
+    cache (the build raises the same error), so its images are decoded once, and not at all once the cache exists."""
+    workers = max(plan.experiment.workers, 0)
     for dataset in plan.datasets:
         for part in getattr(dataset.eval_data, "parts", [dataset.eval_data]):
-            scan = getattr(part, "scan", None)
-            if callable(scan) and getattr(part, "handles_bad_images", False) and part.on_bad_image == "error":
-                scan(workers=max(plan.experiment.workers, 0))
+            if not (getattr(part, "handles_bad_images", False) and part.on_bad_image == "error"):
+                continue
+            materialize = getattr(part, "materialize", None)
+            if callable(materialize):
+                materialize(workers)
+            elif callable(getattr(part, "scan", None)):
+                part.scan(workers=workers)
 
 
 def _remove_orphans(plan: RunPlan) -> None:
