@@ -25,12 +25,12 @@ from sslbench.tables.build import LAYOUTS, build_table
 from sslbench.tables.formats import FORMATS, render
 from sslbench.tables.latex import LATEX_PACKAGES, latex_escape
 from sslbench.tables.leaves import LOWER_IS_BETTER
-from sslbench.tables.make import comparison_frame, make_table
+from sslbench.tables.make import make_table
 from sslbench.tables.model import Column, Row, Stat, Table
 from sslbench.tables.notes import SYNTHETIC_NOTE
 from sslbench.tables.terminal import print_rich
 from sslbench.tables.text import cell_text
 
 __all__ = ["FORMATS", "LAYOUTS", "LOWER_IS_BETTER", "SYNTHETIC_NOTE", "LATEX_PACKAGES", "Stat", "Row", "Column",
-           "Table", "build_table", "render", "make_table", "comparison_frame", "cell_text", "print_rich",
+           "Table", "build_table", "render", "make_table", "cell_text", "print_rich",
            "latex_escape"]
