@@ -44,6 +44,10 @@ class Untrained(Pretext):
             raise ValueError(f"untrained.like={config.like!r} is untrained already; use it directly")
         self.network = cls(cls.Config(), encoder, data)
 
+    @classmethod
+    def pretexts_used(cls, config: UntrainedConfig) -> tuple[str, ...]:
+        return (config.like,)
+
     @property
     def encoder(self) -> nn.Module:  # type: ignore[override]
         return self.network.encoder

@@ -252,8 +252,12 @@ def _variants(exp: Experiment) -> list[VariantPlan]:
         options = to_dict(config)
         defaults = to_dict(cls.Config())
         differs = {k: v for k, v in options.items() if defaults.get(k) != v}
+        provenance = _provenance(PRETEXTS, spec.pretext)
+        used = cls.pretexts_used(config)
+        if used:  # only then, so every other pretext's hashes stay as they were
+            provenance["uses"] = {name: _provenance(PRETEXTS, name) for name in used}
         plans.append(VariantPlan(spec.name, spec.pretext, cls, config, options, differs,
-                                 tuple(spec.seeds or exp.seeds), _provenance(PRETEXTS, spec.pretext)))
+                                 tuple(spec.seeds or exp.seeds), provenance))
     return plans
 
 

@@ -121,6 +121,13 @@ class Pretext(nn.Module):
         self.config = config
         self.data_info = data
 
+    @classmethod
+    def pretexts_used(cls, config: Any) -> tuple[str, ...]:
+        """Other registered pretexts whose code this one runs with ``config`` (``untrained`` builds its ``like``'s
+        network). Their identities join this pretext's provenance, hence its hashes: a new version of one makes
+        this pretext's checkpoints and records stale too. Default: none."""
+        return ()
+
     # -- training ------------------------------------------------------------------------------------------------
     def prepare(self, batches: Iterable[dict[str, torch.Tensor]], runtime: Runtime) -> None:
         """Data-dependent initialisation before the first step (e.g. an ab prior); default: nothing."""

@@ -57,3 +57,22 @@ def test_scratch_unet_row_runs_finetune_seg_end_to_end(shared_data, tmp_path, on
     assert by_protocol["finetune_seg"]["config"]["pretext_run"]["pretext_options"]["like"] == "cgan"
     assert not (tmp_path / "cache" / "checkpoints").exists()  # nothing trained
     assert main(["run", "--pretext", "untrained", "--set", "untrained.like=nope", "--dry-run"]) == 2
+
+
+def test_a_new_version_of_the_copied_pretext_makes_its_rows_stale(tmp_path, monkeypatch) -> None:
+    """``untrained`` runs ``cgan``'s code: cgan's identity is part of its hashes, so a new ``version`` of the cGAN
+    plugin (how a plugin says its network changed) names new records for the scratch row too, and for no one else."""
+    from sslbench.experiment import DatasetSpec, Experiment, VariantSpec
+    from sslbench.plan import resolve_plan
+
+    def hashes() -> dict[str, tuple[str, str]]:
+        exp = Experiment(variants=[VariantSpec("scratch-unet", "untrained"), VariantSpec("regression", "regression")],
+                         datasets=[DatasetSpec("synthetic", subset=32, eval_subset=16)], out=tmp_path / "runs")
+        plan = resolve_plan(exp, tmp_path / "cache")
+        return {u.variant.name: (u.checkpoint_hash, u.evaluations[0].hash) for u in plan.units}
+
+    before = hashes()
+    monkeypatch.setattr(CGAN, "version", "2", raising=False)
+    after = hashes()
+    assert after["scratch-unet"][0] != before["scratch-unet"][0] and after["scratch-unet"][1] != before["scratch-unet"][1]
+    assert after["regression"] == before["regression"]
