@@ -89,7 +89,7 @@ class LogMeter:
         if runtime is None or not runtime.distributed or not local:
             return local
         values = torch.tensor(list(local.values()), dtype=torch.float64, device=runtime.device)
-        return dict(zip(local, (runtime.all_reduce_sum(values) / runtime.world_size).tolist()))
+        return dict(zip(local, runtime.all_reduce_mean(values).tolist()))
 
     def clear(self) -> None:
         self._sums.clear()

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset
 
 from sslbench import distributed as dist_ops
 from sslbench.errors import NonFiniteLossError, UsageError
@@ -64,30 +64,6 @@ def _seed_worker(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
-
-
-class _EpochOrder(Sampler[int]):
-    """The indices a one-epoch loader of ``(seed, epoch)`` visits, for a loader reused over epochs (``set_epoch``).
-
-    It replays the one-epoch loader's own shuffle (a DataLoader over the indices with the same seeded generator), so
-    the orders match however the DataLoader draws from its generator.
-    """
-
-    def __init__(self, n: int, seed: int, shuffle: bool, epoch: int = 0) -> None:
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.n))
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        replay = DataLoader(range(self.n), batch_size=max(1, self.n), shuffle=True, generator=generator)
-        return iter(next(iter(replay)).tolist() if self.n else [])
 
 
 class Runtime:
@@ -202,21 +178,22 @@ class Runtime:
         in pinned memory on CUDA. A split read from the decoded-image cache is built or opened here, with the
         loader's workers decoding, before any worker starts (see :mod:`sslbench.datasets.decoded_cache`).
 
-        ``repeat=True`` is for a caller that iterates one loader over several epochs: with workers, they persist
-        between epochs, and the caller calls ``loader.sampler.set_epoch(e)`` before iterating epoch ``e``, which
-        then gives exactly the batches of ``loader(..., epoch=e)`` (``epoch`` only sets the first epoch).
+        ``repeat=True`` (shuffled loaders) is for a caller that iterates one loader over several epochs, as the
+        pretext trainer does: with workers, they persist between epochs, and the caller calls
+        ``loader.sampler.set_epoch(e)`` before iterating epoch ``e``, which then gives exactly the batches of
+        ``loader(..., epoch=e)`` (``epoch`` only sets the first epoch).
         """
         from sslbench.datasets.decoded_cache import materialize_decoded
 
         materialize_decoded(dataset, self.workers)
         sampler: Any = None
         generator = torch.Generator().manual_seed(dist_ops.epoch_seed(seed, epoch))
-        if self.distributed and shuffle:  # batch_size is global: this process's chunk of each single-process batch
+        if shuffle and (self.distributed or repeat):
+            # batch_size is global: this process's chunk of each single-process batch (all of it on one process),
+            # for any epoch set_epoch chooses
             sampler = dist_ops.GlobalBatchShards(len(dataset), batch_size, seed=seed, epoch=epoch,  # type: ignore
                                                  drop_last=drop_last, rank=self.rank, world_size=self.world_size)
             batch_size = sampler.per_process
-        elif repeat:
-            sampler = _EpochOrder(len(dataset), seed, shuffle, epoch)  # type: ignore[arg-type]
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -227,7 +204,7 @@ class Runtime:
             pin_memory=self.device.type == "cuda",
             generator=generator,
             worker_init_fn=_seed_worker if self.workers else None,
-            persistent_workers=repeat and self.workers > 0,
+            persistent_workers=repeat and shuffle and self.workers > 0,
         )
 
     def batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
@@ -278,11 +255,7 @@ class Runtime:
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         """Mean over processes (identity on one process)."""
-        if not self.distributed:
-            return value
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        return value / self.world_size
+        return self.all_reduce_sum(value) / self.world_size if self.distributed else value
 
     def barrier(self) -> None:
         if self.distributed:

@@ -99,7 +99,9 @@ def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: 
                          "steps (training_step), so its gradients cannot be accumulated; use --accumulate 1 and a "
                          "larger --batch-size")
     drop_last = len(dataset) > budget.batch_size
-    batches = len(runtime.loader(dataset, budget.batch_size, shuffle=True, seed=seed, drop_last=drop_last))
+    # One loader for every epoch (``set_epoch``), so its workers (with --workers) persist instead of starting again.
+    loader = runtime.loader(dataset, budget.batch_size, shuffle=True, seed=seed, drop_last=drop_last, repeat=True)
+    batches = len(loader)
     if accumulate > batches:
         raise UsageError(f"--accumulate {accumulate}: an epoch has only {batches} batch(es) of {budget.batch_size}; "
                          "accumulate at most that many, or lower --batch-size")
@@ -160,7 +162,8 @@ def train_pretext(pretext: Pretext, dataset: Dataset, runtime: Runtime, budget: 
             "same config resumes from the kept checkpoint.")
 
     def epoch_batches(epoch: int) -> Iterable[dict[str, torch.Tensor]]:
-        return runtime.loader(dataset, budget.batch_size, shuffle=True, seed=seed, epoch=epoch, drop_last=drop_last)
+        loader.sampler.set_epoch(epoch)
+        return loader
 
     if own_steps:
         step_fn, optimizer, modules = (lambda batch: pretext.training_step(batch, runtime)), None, []
