@@ -154,6 +154,7 @@ def run(plan: RunPlan, *, force: bool = False, wait: bool = True, progress: Any 
     for unit in plan.units:
         _run_unit(plan, unit, runtime, env, outcome, force=force, wait=wait, progress=progress,
                   on_record=on_record, say=say)
+    runtime.close()
     return outcome
 
 

@@ -257,6 +257,14 @@ class Runtime:
         """Mean over processes (identity on one process)."""
         return self.all_reduce_sum(value) / self.world_size if self.distributed else value
 
+    def close(self) -> None:
+        """End a ``torchrun`` job's process group once every process is done with it. Left to interpreter exit, the
+        gloo threads of a process whose peer has already gone can abort it (SIGABRT, "terminate called without an
+        active exception") after all its work is written."""
+        if self.distributed and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+
     def barrier(self) -> None:
         if self.distributed:
             torch.distributed.barrier()
